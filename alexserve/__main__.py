@@ -1,0 +1,5 @@
+import sys
+
+from alexserve.cli import main
+
+sys.exit(main())

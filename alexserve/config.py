@@ -1,0 +1,248 @@
+"""Validated configuration: the one home of every constant of the paper.
+
+Every number the paper fixes (kernel counts, LRN constants, init, SGD, the
+augmentation, the schedule) is a field here with the paper's value as its
+default. Code reads these fields; it never repeats the numbers.
+
+A job is a `JobConfig`, loaded from YAML or JSON (`load_config`) and adjusted
+with dotted overrides (`--set train.batch_size=64`). Any invalid field is
+reported by name, together with the file it came from.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names file and fields."""
+
+
+class StrictModel(BaseModel):
+    """Unknown fields are errors: a typo must not silently fall back to a default."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+def conv_output_size(size: int, kernel: int, stride: int, padding: int) -> int:
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+class ModelConfig(StrictModel):
+    """The network of the paper's figure 2, split into two towers."""
+
+    num_classes: int = Field(1000, ge=2, description="Classes of the softmax (fc8 outputs, split across the towers).")
+    width: float = Field(1.0, gt=0.0, le=4.0, description="Multiplier on every layer's kernel and neuron count; 1.0 is the paper.")
+    input_size: int = Field(224, ge=35, description="Side of the square input crop (224 in the paper; 227 with conv1_padding 0 is Caffe's choice).")
+    conv1_padding: int = Field(2, ge=0, le=5, description="Zero padding of conv1; 2 makes a 224 input give 55x55 like the paper's 227-equivalent.")
+    tower_conv_channels: tuple[int, int, int, int, int] = Field(
+        (48, 128, 192, 192, 128), description="Kernels per tower in conv1..conv5 at width 1.0 (paper: 48/128/192/192/128)."
+    )
+    conv_kernel_sizes: tuple[int, int, int, int, int] = Field((11, 5, 3, 3, 3), description="Kernel side of conv1..conv5.")
+    conv1_stride: int = Field(4, ge=1, description="Stride of conv1 (paper: 4).")
+    tower_fc_neurons: int = Field(2048, ge=1, description="Neurons per tower in fc6 and fc7 at width 1.0 (paper: 2048).")
+    pool_kernel: int = Field(3, ge=1, description="Max-pool window z (paper: 3, overlapping).")
+    pool_stride: int = Field(2, ge=1, description="Max-pool stride s (paper: 2).")
+    lrn_size: int = Field(5, ge=1, description="LRN neighbourhood n in channels (paper: 5).")
+    lrn_alpha: float = Field(1e-4, ge=0.0, description="LRN alpha as in the paper's formula (not divided by n).")
+    lrn_beta: float = Field(0.75, ge=0.0, description="LRN beta (paper: 0.75).")
+    lrn_k: float = Field(2.0, ge=0.0, description="LRN k (paper: 2).")
+    dropout: float = Field(0.5, ge=0.0, lt=1.0, description="Dropout probability on fc6 and fc7 outputs (paper: 0.5).")
+    init_weight_std: float = Field(0.01, gt=0.0, description="Weights start from N(0, std^2) (paper: std 0.01).")
+    init_bias_one_layers: tuple[str, ...] = Field(
+        ("conv2", "conv4", "conv5", "fc6", "fc7"), description="Layers whose biases start at 1; the others start at 0."
+    )
+
+    @property
+    def conv_channels(self) -> tuple[int, ...]:
+        """Kernels per tower after the width multiplier."""
+        return tuple(max(1, round(c * self.width)) for c in self.tower_conv_channels)
+
+    @property
+    def fc_neurons(self) -> int:
+        return max(1, round(self.tower_fc_neurons * self.width))
+
+    @property
+    def classes_per_tower(self) -> tuple[int, int]:
+        """fc8 split: tower 0 holds the first ceil(n/2) classes, tower 1 the rest."""
+        first = self.num_classes - self.num_classes // 2
+        return first, self.num_classes - first
+
+    def spatial_sizes(self) -> dict[str, int]:
+        """Side of each layer's output map, for the configured input."""
+        sizes: dict[str, int] = {}
+        s = conv_output_size(self.input_size, self.conv_kernel_sizes[0], self.conv1_stride, self.conv1_padding)
+        sizes["conv1"] = s
+        s = conv_output_size(s, self.pool_kernel, self.pool_stride, 0)
+        sizes["pool1"] = s
+        sizes["conv2"] = s  # 'same' padding: k // 2
+        s = conv_output_size(s, self.pool_kernel, self.pool_stride, 0)
+        sizes["pool2"] = s
+        sizes["conv3"] = sizes["conv4"] = sizes["conv5"] = s
+        s = conv_output_size(s, self.pool_kernel, self.pool_stride, 0)
+        sizes["pool5"] = s
+        return sizes
+
+    @property
+    def fc6_inputs(self) -> int:
+        """Inputs of fc6 across both towers (paper: 6*6*256 = 9216)."""
+        return 2 * self.conv_channels[4] * self.spatial_sizes()["pool5"] ** 2
+
+    @model_validator(mode="after")
+    def _check_shapes(self) -> "ModelConfig":
+        sizes = self.spatial_sizes()
+        bad = [name for name, s in sizes.items() if s < 1]
+        if bad:
+            raise ValueError(
+                f"input_size {self.input_size} with conv1_padding {self.conv1_padding} leaves no pixels after {bad[0]}; "
+                "use at least 35 (224 is the paper's size)"
+            )
+        if self.lrn_size % 2 == 0:
+            raise ValueError(f"lrn_size must be odd so the window is centred, got {self.lrn_size}")
+        known = {"conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8"}
+        unknown = set(self.init_bias_one_layers) - known
+        if unknown:
+            raise ValueError(f"init_bias_one_layers names unknown layers {sorted(unknown)}; known: {sorted(known)}")
+        return self
+
+
+class DataConfig(StrictModel):
+    """Where images come from and the paper's augmentation."""
+
+    source: Literal["generated", "folder"] = Field(
+        "generated", description="'generated': in-memory learnable tensors (demo, tests); 'folder': a tree made by `alexserve prepare` or `alexserve synth`."
+    )
+    train_dir: Path | None = Field(None, description="Prepared training tree (one folder per class), with its stats file.")
+    val_dir: Path | None = Field(None, description="Prepared validation tree (one folder per class).")
+    loader: Literal["dali", "pil"] = Field("dali", description="'dali' (the paper's path on NVIDIA DALI) or 'pil' (PIL + torch DataLoader peer).")
+    num_workers: int = Field(2, ge=0, description="Decode/augment threads (DALI) or processes (PIL) per rank.")
+    prefetch_batches: int = Field(2, ge=1, description="Batches prepared ahead of the one training.")
+    scale_size: int = Field(256, ge=1, description="Shorter side after rescale and side of the central square kept (paper: 256).")
+    flip_probability: float = Field(0.5, ge=0.0, le=1.0, description="Chance of a horizontal reflection (paper: 0.5).")
+    pca_lighting_std: float = Field(0.1, ge=0.0, description="Std of the per-image, per-component PCA lighting coefficient (paper: 0.1).")
+    generated_train_images: int = Field(2048, ge=1, description="Images in the generated training set.")
+    generated_val_images: int = Field(512, ge=1, description="Images in the generated validation set.")
+
+    @model_validator(mode="after")
+    def _check_source(self) -> "DataConfig":
+        if self.source == "folder" and self.train_dir is None:
+            raise ValueError("source 'folder' needs train_dir")
+        return self
+
+
+class OptimConfig(StrictModel):
+    """The paper's SGD and learning-rate schedule."""
+
+    learning_rate: float = Field(0.01, gt=0.0, description="Initial learning rate for every layer (paper: 0.01).")
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="Momentum (paper: 0.9).")
+    weight_decay: float = Field(5e-4, ge=0.0, description="Weight decay (paper: 0.0005), applied as in the paper's update rule.")
+    lr_divisor: float = Field(10.0, gt=1.0, description="The learning rate is divided by this when validation error plateaus (paper: 10).")
+    plateau_patience: int = Field(1, ge=0, description="Epochs without a better validation error before the learning rate drops.")
+    max_lr_reductions: int = Field(3, ge=0, description="Reductions before training stops (paper: three).")
+
+
+class TrainConfig(StrictModel):
+    """The training run itself."""
+
+    batch_size: int = Field(128, ge=1, description="Images per step, seen by both towers (paper: 128).")
+    num_epochs: int = Field(90, ge=1, description="Passes over the training set (paper: about 90).")
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many steps (for demos and tests); None runs all epochs.")
+    seed: int = Field(0, description="Seeds weights, data order, augmentation and dropout.")
+    log_every_steps: int = Field(10, ge=1, description="Steps per progress line.")
+    dtype: Literal["float32", "float64"] = Field("float32", description="Parameter and activation dtype (float64 for exactness tests).")
+    run_dir: Path = Field(Path("runs/default"), description="Where history, plots and checkpoints of this job go.")
+
+
+class DistConfig(StrictModel):
+    """How the two towers find each other."""
+
+    backend: Literal["auto", "nccl", "gloo"] = Field("auto", description="'auto': NCCL when every rank has its own GPU, gloo otherwise.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto': cuda:LOCAL_RANK when there are enough GPUs, else CPU.")
+    timeout_seconds: float = Field(60.0, gt=0.0, le=3600.0, description="Process-group timeout: a silent peer is declared lost after this.")
+
+
+class JobConfig(StrictModel):
+    """Everything one training job needs."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    dist: DistConfig = Field(default_factory=DistConfig)
+
+
+def demo_config() -> JobConfig:
+    """The embedded default: small, learnable, a couple of minutes on two CPU cores."""
+    return JobConfig(
+        model=ModelConfig(num_classes=10, width=0.25, input_size=64, conv1_padding=2),
+        data=DataConfig(source="generated", generated_train_images=2048, generated_val_images=512),
+        train=TrainConfig(batch_size=64, num_epochs=3, log_every_steps=8, run_dir=Path("runs/demo")),
+    )
+
+
+def format_validation_error(err: ValidationError, origin: str) -> str:
+    lines = [f"{origin}: {err.error_count()} invalid field(s)"]
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        lines.append(f"  {where}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted!r}: {key!r} is not a section")
+    node[keys[-1]] = value
+
+
+def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
+    """`section.field=value` strings; values are parsed as YAML scalars (so 64 is an int, 1e-3 a float)."""
+    parsed = []
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.field=value")
+        key, raw = item.split("=", 1)
+        parsed.append((key.strip(), yaml.safe_load(raw)))
+    return parsed
+
+
+def build_config(base: dict[str, Any], overrides: list[str] = (), origin: str = "config") -> JobConfig:
+    tree = json.loads(json.dumps(base, default=str))  # deep copy, paths as strings
+    for key, value in parse_overrides(list(overrides)):
+        _set_dotted(tree, key, value)
+    try:
+        return JobConfig.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, origin)) from None
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """A YAML or JSON mapping; errors name the file."""
+    try:
+        text = Path(path).read_text()
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read config: {err.strerror}") from None
+    try:
+        tree = json.loads(text) if str(path).endswith(".json") else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as err:
+        raise ConfigError(f"{path}: not valid {'JSON' if str(path).endswith('.json') else 'YAML'}: {err}") from None
+    if tree is None:
+        tree = {}
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(tree).__name__}")
+    return tree
+
+
+def load_config(path: Path | None, overrides: list[str] = ()) -> JobConfig:
+    """The job at `path` (or the embedded demo when None), with overrides applied."""
+    if path is None:
+        return build_config(demo_config().model_dump(mode="json"), overrides, origin="demo config")
+    return build_config(read_config_file(path), overrides, origin=str(path))
