@@ -1,0 +1,66 @@
+"""One SGD step, in the tower form (one rank) and in the grouped form (reference)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from alexserve.model import AlexNetGrouped, AlexNetTower
+from alexserve.parallel.exchange import PeerExchange
+
+
+@dataclass
+class StepResult:
+    loss: float
+    top1_errors: int
+    top5_errors: int
+    images: int
+
+
+def topk_errors(logits: torch.Tensor, labels: torch.Tensor, k: int) -> int:
+    """Images whose label is not among the k highest logits (k capped at the class count)."""
+    top = logits.topk(min(k, logits.shape[1]), dim=1).indices
+    return int((top != labels[:, None]).all(dim=1).sum())
+
+
+def summarize(loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> StepResult:
+    return StepResult(float(loss), topk_errors(logits, labels, 1), topk_errors(logits, labels, 5), len(labels))
+
+
+def tower_forward_logits(tower: AlexNetTower, link: PeerExchange, images: torch.Tensor, dropout_seed: int | None) -> torch.Tensor:
+    """All classes' logits as seen by this tower (identical on both ranks)."""
+    own = tower(images, link, dropout_seed)
+    return link.full_logits(own, tower.cfg.classes_per_tower[1 - tower.tower])
+
+
+def tower_train_step(
+    tower: AlexNetTower,
+    link: PeerExchange,
+    optimizer: torch.optim.Optimizer,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    dropout_seed: int | None,
+) -> StepResult:
+    optimizer.zero_grad(set_to_none=True)
+    logits = tower_forward_logits(tower, link, images, dropout_seed)
+    loss = F.cross_entropy(logits, labels)
+    loss.backward()
+    optimizer.step()
+    return summarize(loss.detach(), logits.detach(), labels)
+
+
+def grouped_train_step(
+    model: AlexNetGrouped,
+    optimizer: torch.optim.Optimizer,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    dropout_seed: int | None,
+) -> StepResult:
+    optimizer.zero_grad(set_to_none=True)
+    logits = model(images, dropout_seed)
+    loss = F.cross_entropy(logits, labels)
+    loss.backward()
+    optimizer.step()
+    return summarize(loss.detach(), logits.detach(), labels)

@@ -1,0 +1,92 @@
+"""One tower of a training job: `torchrun --nproc_per_node=2 -m alexserve.worker`.
+
+    # the demo: small generated data, reduced width and input, CPU + gloo
+    torchrun --nproc_per_node=2 -m alexserve.worker
+    # a real job
+    torchrun --nproc_per_node=2 -m alexserve.worker --config job.yaml --set train.batch_size=256
+
+Rank r runs tower r % 2 of pair r // 2 and exchanges activations with rank r ^ 1.
+Exit codes: 0 done, 2 bad config or launch environment, 3 peer lost, 1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from alexserve.config import ConfigError, JobConfig, load_config
+from alexserve.data.source import EvalSource, TrainSource
+from alexserve.model import AlexNetTower
+from alexserve.parallel.exchange import PeerExchange, PeerLostError
+from alexserve.parallel.process_group import process_group
+from alexserve.parallel.topology import LaunchError, Topology, topology_from_env
+from alexserve.train.loop import TowerTrainer
+from alexserve.train.optimizer import PaperSGD
+
+EXIT_CONFIG = 2
+EXIT_PEER_LOST = 3
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="alexserve.worker", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, help="job config (YAML or JSON); default: the embedded demo")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE", help="override one field (repeatable)")
+    parser.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in the run dir, if any")
+    return parser.parse_args(argv)
+
+
+def build_sources(job: JobConfig, topology: Topology) -> tuple[TrainSource, EvalSource | None]:
+    from alexserve.data.factory import build_eval_source, build_train_source
+
+    train = build_train_source(job, dp_rank=topology.pair, dp_size=topology.num_pairs, device=topology.device)
+    has_val = job.data.source == "generated" or job.data.val_dir is not None
+    return train, (build_eval_source(job, device=topology.device) if has_val else None)
+
+
+def build_tower(job: JobConfig, topology: Topology) -> AlexNetTower:
+    tower = AlexNetTower(job.model, topology.tower)
+    tower.reset_parameters(job.train.seed)
+    return tower.to(device=topology.device, dtype=getattr(torch, job.train.dtype))
+
+
+def run(job: JobConfig, topology: Topology) -> int:
+    # Two ranks share the machine's cores; oversubscribing them makes both slower.
+    if topology.device.type == "cpu":
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", topology.world_size))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+    with process_group(topology, job.dist.timeout_seconds):
+        tower = build_tower(job, topology)
+        link = PeerExchange(topology.rank, topology.peer, topology.tower)
+        optimizer = PaperSGD.from_config(tower.parameters(), job.optim)
+        train_source, eval_source = build_sources(job, topology)
+        try:
+            TowerTrainer(job, topology, tower, link, optimizer, train_source, eval_source).train()
+        finally:
+            train_source.close()
+            if eval_source is not None:
+                eval_source.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    prefix = f"[alexserve rank {os.environ.get('RANK', '?')}]"
+    try:
+        job = load_config(args.config, args.overrides)
+        topology = topology_from_env(job.dist)
+    except (ConfigError, LaunchError) as err:
+        print(f"{prefix} {err}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        return run(job, topology)
+    except PeerLostError as err:
+        print(f"{prefix} error: {err}", file=sys.stderr)
+        return EXIT_PEER_LOST
+
+
+if __name__ == "__main__":
+    sys.exit(main())
