@@ -1,0 +1,69 @@
+"""Run a batch producer on a background thread, a few batches ahead, and time how long the consumer waits.
+
+This is the paper's "augmentation is computationally free": the next batches are
+decoded and augmented while the current one trains. DALI's operators and PIL's
+decoder release the GIL, so a thread overlaps them with the training step.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+_DONE = object()
+
+
+class _Failure:
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+def prefetch(items: Iterable[Any], depth: int, on_wait: Callable[[float], None]) -> Iterator[Any]:
+    """Yield `items` (produced on a thread, up to `depth` ahead); `on_wait(seconds)` after every blocking get.
+
+    Closing the returned generator early (break, exception, garbage collection) stops the
+    thread before returning, so the producer (a DALI pipeline, say) can be reused at once.
+    """
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def run() -> None:
+        try:
+            for item in items:
+                if not put(item):
+                    return
+            put(_DONE)
+        except BaseException as err:  # noqa: BLE001 - handed to the consumer, which re-raises it
+            put(_Failure(err))
+
+    thread = threading.Thread(target=run, name="alexserve-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            t0 = time.perf_counter()
+            item = q.get()
+            on_wait(time.perf_counter() - t0)
+            if item is _DONE:
+                return
+            if isinstance(item, _Failure):
+                raise item.error
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                thread.join(timeout=0.05)

@@ -1,0 +1,354 @@
+"""`alexserve prepare SRC DST`: the paper's one-time preprocessing of an ImageNet-style tree.
+
+    alexserve prepare /data/imagenet /data/imagenet-256            # all cores
+    alexserve prepare data/synth data/synth-prepared --workers 2
+
+SRC layout: `train/<synset>/*` (one folder per class); `val/<synset>/*`, or flat
+`val/*` with a labels file (`--val-labels`, default SRC/val_labels.txt or the devkit's
+SRC/ILSVRC2012_validation_ground_truth.txt): either "<file> <synset-or-index>" per
+line, or one label per line in sorted-file-name order (devkit style; an integer is a
+1-based index into `--synsets`, default the sorted train synsets). Class names come
+from SRC/synset_words.txt ("<synset> <name>") or `--class-names`.
+
+Every image is rescaled so its shorter side is `scale_size` (DataConfig.scale_size,
+256 in the paper), cut to the central square and written as RGB JPEG (layout in
+`layout.py`). Then the mean image and RGB PCA are computed over the *prepared*
+training pixels (`stats.py`). Inputs that are PNG/CMYK/grayscale are converted;
+zero-byte, truncated and non-image inputs are rejected; both are listed with the
+reason in DST/prepare_report.json, and counted on stderr. Re-running finishes an
+interrupted job: inputs already recorded in DST/prepare_journal.jsonl (whose output
+exists) are not redone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import multiprocessing as mp
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from alexserve.config import ConfigError, DataConfig, load_config
+from alexserve.data.imageops import BadImage, load_rgb, rescale_center_crop
+from alexserve.data.layout import (
+    CLASSES_FILE,
+    JOURNAL_FILE,
+    PREPARED_SUFFIX,
+    REPORT_FILE,
+    STATS_FILE,
+    ClassInfo,
+    DatasetError,
+    atomic_write_bytes,
+    atomic_write_text,
+    write_class_index,
+)
+from alexserve.data.stats import StatsAccumulator
+
+
+@dataclass(frozen=True)
+class Task:
+    src: str
+    dst: str
+    split: str
+    synset: str
+
+
+# ---------------------------------------------------------------- discovering inputs
+
+
+def _visible_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if not p.name.startswith(".") and p.is_file())
+
+
+def _read_class_names(path: Path | None) -> dict[str, str]:
+    if path is None or not path.is_file():
+        return {}
+    names = {}
+    for line in path.read_text(errors="replace").splitlines():
+        parts = line.strip().split(maxsplit=1)
+        if parts:
+            names[parts[0]] = parts[1] if len(parts) > 1 else parts[0]
+    return names
+
+
+def _default_val_labels(src: Path) -> Path | None:
+    for name in ("val_labels.txt", "ILSVRC2012_validation_ground_truth.txt"):
+        if (src / name).is_file():
+            return src / name
+    return None
+
+
+def _flat_val_labels(files: list[Path], labels_path: Path, synsets: list[str]) -> dict[Path, str]:
+    """Map each flat val file to its synset from a labels file (see the module docstring for formats)."""
+    lines = [ln.split() for ln in labels_path.read_text().splitlines() if ln.strip()]
+
+    def to_synset(token: str, lineno: int) -> str:
+        if token.isdigit():
+            idx = int(token) - 1
+            if not 0 <= idx < len(synsets):
+                raise DatasetError(f"{labels_path}:{lineno}: label {token} is outside 1..{len(synsets)}")
+            return synsets[idx]
+        if token not in synsets:
+            raise DatasetError(f"{labels_path}:{lineno}: synset {token!r} has no train folder")
+        return token
+
+    if all(len(parts) >= 2 for parts in lines):
+        by_name = {parts[0]: to_synset(parts[1], i + 1) for i, parts in enumerate(lines)}
+        missing = [f.name for f in files if f.name not in by_name]
+        if missing:
+            raise DatasetError(f"{labels_path}: no label for {len(missing)} val file(s), e.g. {missing[0]}")
+        return {f: by_name[f.name] for f in files}
+    if len(lines) != len(files):
+        raise DatasetError(f"{labels_path}: {len(lines)} labels for {len(files)} files in val/ (one label per sorted file expected)")
+    return {f: to_synset(parts[0], i + 1) for i, (f, parts) in enumerate(zip(files, lines))}
+
+
+def _dst_names(files: list[Path]) -> dict[Path, str]:
+    """Output names: the stem + .JPEG, or the whole name + .JPEG where two inputs share a stem."""
+    stems: dict[str, int] = {}
+    for f in files:
+        stems[f.stem] = stems.get(f.stem, 0) + 1
+    return {f: (f.stem if stems[f.stem] == 1 else f.name) + PREPARED_SUFFIX for f in files}
+
+
+def discover(src: Path, dst: Path, val_labels: Path | None, synsets_file: Path | None) -> tuple[list[Task], list[str]]:
+    """All tasks (train first) and the sorted train synsets (the class order)."""
+    train = src / "train"
+    if not train.is_dir():
+        raise DatasetError(f"{src}: no train/ folder; expected SRC/train/<synset>/*.JPEG (ImageNet layout)")
+    synsets = sorted(p.name for p in train.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not synsets:
+        raise DatasetError(f"{train}: no class folders")
+    tasks: list[Task] = []
+    for s in synsets:
+        files = _visible_files(train / s)
+        names = _dst_names(files)
+        tasks += [Task(str(f), str(dst / "train" / s / names[f]), "train", s) for f in files]
+    val = src / "val"
+    if val.is_dir():
+        folders = sorted(p for p in val.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if folders:
+            for folder in folders:
+                if folder.name not in synsets:
+                    raise DatasetError(f"{folder}: val class {folder.name!r} has no train folder")
+                files = _visible_files(folder)
+                names = _dst_names(files)
+                tasks += [Task(str(f), str(dst / "val" / folder.name / names[f]), "val", folder.name) for f in files]
+        else:
+            files = _visible_files(val)
+            labels_path = val_labels or _default_val_labels(src)
+            if files and labels_path is None:
+                raise DatasetError(f"{val}: flat val files need a labels file; pass --val-labels FILE")
+            order = synsets
+            if synsets_file is not None:
+                order = [ln.split()[0] for ln in synsets_file.read_text().splitlines() if ln.strip()]
+            labels = _flat_val_labels(files, labels_path, order) if files else {}
+            names = _dst_names(files)
+            tasks += [Task(str(f), str(dst / "val" / labels[f] / names[f]), "val", labels[f]) for f in files]
+    return tasks, synsets
+
+
+# ---------------------------------------------------------------- per-file work (runs in worker processes)
+
+
+def convert_one(task: Task, scale_size: int, quality: int) -> dict:
+    """Prepare one input; never raises. Returns the journal record."""
+    record = {"src": task.src, "dst": task.dst, "split": task.split, "synset": task.synset}
+    try:
+        loaded = load_rgb(Path(task.src), draft_size=(scale_size, scale_size))
+        # draft() never decodes below the requested size; a smaller image is upscaled, as the paper's rule implies.
+        out = rescale_center_crop(loaded.image, scale_size)
+        buf = io.BytesIO()
+        out.save(buf, "JPEG", quality=quality)
+        Path(task.dst).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(Path(task.dst), buf.getvalue())
+        record["status"] = "converted" if loaded.conversions else "ok"
+        if loaded.conversions:
+            record["reason"] = "; ".join(loaded.conversions)
+    except BadImage as err:
+        record.update(status="rejected", reason=str(err))
+    except Exception as err:  # noqa: BLE001 - one file must never end the run; the report names it
+        record.update(status="rejected", reason=f"unexpected error: {type(err).__name__}: {err}")
+    return record
+
+
+def _convert_star(args: tuple[Task, int, int]) -> dict:
+    return convert_one(*args)
+
+
+def accumulate_stats(paths: list[str], scale_size: int) -> StatsAccumulator:
+    acc = StatsAccumulator(scale_size)
+    for p in paths:
+        with Image.open(p) as img:
+            arr = np.asarray(img.convert("RGB"))
+        if arr.shape != (scale_size, scale_size, 3):
+            raise DatasetError(f"{p}: prepared image is {arr.shape[1]}x{arr.shape[0]}, expected {scale_size}x{scale_size}")
+        acc.add(arr)
+    return acc
+
+
+def _stats_star(args: tuple[list[str], int]) -> StatsAccumulator:
+    return accumulate_stats(*args)
+
+
+# ---------------------------------------------------------------- driver
+
+
+class Progress:
+    """One self-overwriting stderr line with rate and ETA, at most a few updates per second."""
+
+    def __init__(self, label: str, total: int, stream=None):
+        self.label, self.total, self.stream = label, total, stream or sys.stderr
+        self.start = self.last = time.monotonic()
+        self.done = 0
+
+    def update(self, n: int = 1, extra: str = "") -> None:
+        self.done += n
+        now = time.monotonic()
+        if now - self.last < 0.5 and self.done < self.total:
+            return
+        self.last = now
+        rate = self.done / max(now - self.start, 1e-9)
+        eta = (self.total - self.done) / rate if rate > 0 else float("inf")
+        eta_s = time.strftime("%H:%M:%S", time.gmtime(eta)) if eta != float("inf") else "?"
+        pct = 100.0 * self.done / max(self.total, 1)
+        self.stream.write(f"\r{self.label}: {self.done}/{self.total} ({pct:.1f}%) {rate:.0f}/s ETA {eta_s} {extra}   ")
+        self.stream.flush()
+
+    def close(self) -> None:
+        self.stream.write("\n")
+        self.stream.flush()
+
+
+def _read_journal(path: Path) -> dict[str, dict]:
+    records: dict[str, dict] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+                records[rec["src"]] = rec
+            except (ValueError, KeyError):
+                continue  # a line torn by an interrupted run; that input is simply redone
+    return records
+
+
+def prepare(
+    src: Path,
+    dst: Path,
+    *,
+    scale_size: int = DataConfig.model_fields["scale_size"].default,
+    workers: int | None = None,
+    quality: int = 90,
+    val_labels: Path | None = None,
+    synsets_file: Path | None = None,
+    class_names: Path | None = None,
+) -> dict:
+    """Prepare SRC into DST; returns the summary also written into the report."""
+    src, dst = Path(src), Path(dst)
+    workers = workers or os.cpu_count() or 1
+    tasks, synsets = discover(src, dst, val_labels, synsets_file)
+    dst.mkdir(parents=True, exist_ok=True)
+    journal_path = dst / JOURNAL_FILE
+    journal = _read_journal(journal_path)
+    # A finished input is skipped only if its record matches this plan and, when it produced a file, the file exists.
+    def finished(t: Task) -> bool:
+        rec = journal.get(t.src)
+        if rec is None or rec.get("dst") != t.dst:
+            return False
+        return rec["status"] == "rejected" or Path(t.dst).is_file()
+
+    todo = [t for t in tasks if not finished(t)]
+    records = {t.src: journal[t.src] for t in tasks if finished(t)}
+    if records:
+        print(f"prepare: {len(records)} of {len(tasks)} inputs already done, resuming", file=sys.stderr)
+    ctx = mp.get_context("spawn" if sys.platform == "darwin" else "fork")
+    with ctx.Pool(workers) as pool, open(journal_path, "a") as jf:
+        progress = Progress("prepare: images", len(todo))
+        bad = 0
+        for rec in pool.imap_unordered(_convert_star, [(t, scale_size, quality) for t in todo], chunksize=8):
+            jf.write(json.dumps(rec) + "\n")
+            jf.flush()  # flushed per file: an interruption loses at most the files in flight
+            records[rec["src"]] = rec
+            bad += rec["status"] == "rejected"
+            progress.update(extra=f"rejected {bad}")
+        progress.close()
+
+        train_out = sorted(r["dst"] for r in records.values() if r["split"] == "train" and r["status"] != "rejected")
+        chunks = [train_out[i::workers * 4] for i in range(workers * 4)]
+        chunks = [c for c in chunks if c]
+        progress = Progress("prepare: mean/PCA", len(train_out))
+        total = StatsAccumulator(scale_size)
+        for acc in pool.imap_unordered(_stats_star, [(c, scale_size) for c in chunks]):
+            total.merge(acc)
+            progress.update(acc.num_images)
+        progress.close()
+    stats = total.finish()
+    stats.save(dst / STATS_FILE)
+
+    names = _read_class_names(class_names or src / "synset_words.txt")
+    write_class_index(dst / CLASSES_FILE, [ClassInfo(i, s, names.get(s, s)) for i, s in enumerate(synsets)])
+
+    ordered = [records[t.src] for t in tasks]
+    summary = {
+        "src": str(src),
+        "dst": str(dst),
+        "scale_size": scale_size,
+        "inputs": len(ordered),
+        "ok": sum(r["status"] == "ok" for r in ordered),
+        "converted": [r for r in ordered if r["status"] == "converted"],
+        "rejected": [r for r in ordered if r["status"] == "rejected"],
+        "classes": len(synsets),
+        "train_images": stats.num_images,
+        "val_images": sum(r["split"] == "val" and r["status"] != "rejected" for r in ordered),
+    }
+    atomic_write_text(dst / REPORT_FILE, json.dumps(summary, indent=1) + "\n")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="alexserve prepare", description=__doc__.split("\n\n")[0])
+    parser.add_argument("src", type=Path, help="ImageNet-style tree: SRC/train/<synset>/*, SRC/val/...")
+    parser.add_argument("dst", type=Path, help="output tree (created; re-run to finish an interrupted job)")
+    parser.add_argument("--config", type=Path, help="job config whose data.scale_size to use")
+    parser.add_argument("--scale-size", type=int, help="shorter side and crop (default: data.scale_size, 256 in the paper)")
+    parser.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    parser.add_argument("--quality", type=int, default=90, help="JPEG quality of the prepared images (default 90)")
+    parser.add_argument("--val-labels", type=Path, help="labels file for a flat val/ folder")
+    parser.add_argument("--synsets", type=Path, help="synset per line, in the order 1-based integer val labels refer to")
+    parser.add_argument("--class-names", type=Path, help="'<synset> <name>' per line (default SRC/synset_words.txt)")
+    args = parser.parse_args(argv)
+    try:
+        scale = args.scale_size or (load_config(args.config).data.scale_size if args.config else DataConfig().scale_size)
+        summary = prepare(
+            args.src,
+            args.dst,
+            scale_size=scale,
+            workers=args.workers,
+            quality=args.quality,
+            val_labels=args.val_labels,
+            synsets_file=args.synsets,
+            class_names=args.class_names,
+        )
+    except (DatasetError, ConfigError) as err:
+        print(f"prepare: {err}", file=sys.stderr)
+        return 2
+    print(
+        f"prepare: {summary['inputs']} inputs: {summary['ok']} ok, {len(summary['converted'])} converted, "
+        f"{len(summary['rejected'])} rejected (reasons in {args.dst / REPORT_FILE}); "
+        f"{summary['train_images']} train / {summary['val_images']} val images, {summary['classes']} classes",
+        file=sys.stderr,
+    )
+    for r in summary["rejected"][:10]:
+        print(f"  rejected {r['src']}: {r['reason']}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,39 @@
+"""Raw images of any size -> the paper's ten test-time crops, for `alexserve predict`.
+
+Same steps as `prepare` (shorter side to scale_size, central square, same resampling)
+followed by the eval loaders' mean subtraction and ten crops, so a photo from disk
+is seen exactly as a prepared validation image would be.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from alexserve.data.augment import ten_crop_offsets
+from alexserve.data.imageops import BadImage, load_rgb, rescale_center_crop
+from alexserve.data.pil_loader import crop_centred
+from alexserve.data.stats import DatasetStats
+
+
+def load_ten_crops(paths: Sequence[str | Path], stats: DatasetStats, input_size: int) -> torch.Tensor:
+    """[N, 10, 3, S, S] float32: 4 corners + centre, then the same 5 reflected, of (image - mean image).
+
+    Raises ValueError naming the file when one cannot be read as an image.
+    """
+    scale = stats.scale_size
+    if input_size > scale:
+        raise ValueError(f"input_size {input_size} is larger than the prepared scale {scale}")
+    out = []
+    for path in paths:
+        try:
+            image = np.asarray(rescale_center_crop(load_rgb(Path(path)).image, scale))
+        except BadImage as err:
+            raise ValueError(f"{path}: {err}") from None
+        out.append(np.stack([crop_centred(image, stats.mean_image, x, y, input_size, f) for x, y, f in ten_crop_offsets(scale, input_size)]))
+    if not out:
+        return torch.empty((0, 10, 3, input_size, input_size))
+    return torch.from_numpy(np.ascontiguousarray(np.stack(out)))
