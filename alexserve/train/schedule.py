@@ -1,0 +1,95 @@
+"""The paper's learning-rate schedule: divide on a validation plateau, stop after the last.
+
+The paper: "The heuristic which we followed was to divide the learning rate by
+10 when the validation error rate stopped improving with the current learning
+rate. [...] reduced three times prior to termination."
+
+`PlateauSchedule.step(val_error)` is called once per epoch, after validation:
+
+- an error strictly below the best seen so far is an improvement and resets
+  the count of epochs without improvement;
+- when that count reaches `plateau_patience`, the learning rate is divided by
+  `lr_divisor` and the count restarts, so the new rate gets the same patience
+  to beat the best error (the best is kept across reductions: a rate only
+  counts as useful if it beats every earlier one);
+- when a reduction is due but `max_lr_reductions` have already been made,
+  `should_stop` becomes true and the rate is left alone: that is the paper's
+  termination after the third reduction's plateau.
+
+With `plateau_patience` 0 the count reaches the patience every epoch, so the
+rate drops every epoch whatever the error does (a plain per-epoch decay).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+STATE_VERSION = 1
+
+_STATE_KEYS = ("version", "lr", "best_error", "epochs_since_improvement", "num_reductions", "num_epochs", "should_stop")
+
+
+class PlateauSchedule:
+    """Learning rate per epoch from the validation error (see the module docstring)."""
+
+    def __init__(self, optim_cfg) -> None:
+        self.divisor = float(optim_cfg.lr_divisor)
+        self.patience = int(optim_cfg.plateau_patience)
+        self.max_reductions = int(optim_cfg.max_lr_reductions)
+        self.lr = float(optim_cfg.learning_rate)
+        self.best_error = math.inf
+        self.epochs_since_improvement = 0
+        self.num_reductions = 0
+        self.num_epochs = 0
+        self.should_stop = False
+
+    def step(self, val_error: float) -> float:
+        """Records one epoch's validation error; returns the learning rate for the next epoch.
+
+        A NaN error never counts as an improvement (NaN < best is false), so a
+        diverged run drops its rate instead of resetting the patience.
+        """
+        self.num_epochs += 1
+        if val_error < self.best_error:
+            self.best_error = float(val_error)
+            self.epochs_since_improvement = 0
+        else:
+            self.epochs_since_improvement += 1
+        if self.epochs_since_improvement >= self.patience and not self.should_stop:
+            self._plateau()
+        return self.lr
+
+    def _plateau(self) -> None:
+        if self.num_reductions >= self.max_reductions:
+            self.should_stop = True
+            return
+        self.lr /= self.divisor
+        self.num_reductions += 1
+        self.epochs_since_improvement = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain numbers only, so it loads with `torch.load(weights_only=True)` and dumps as JSON (inf aside)."""
+        return {
+            "version": STATE_VERSION,
+            "lr": self.lr,
+            "best_error": self.best_error,
+            "epochs_since_improvement": self.epochs_since_improvement,
+            "num_reductions": self.num_reductions,
+            "num_epochs": self.num_epochs,
+            "should_stop": self.should_stop,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restores a `state_dict()`; divisor, patience and budget stay those of the running config."""
+        missing = [key for key in _STATE_KEYS if key not in state]
+        if missing:
+            raise ValueError(f"PlateauSchedule state lacks {missing}; has {sorted(state)}")
+        if state["version"] != STATE_VERSION:
+            raise ValueError(f"PlateauSchedule state version {state['version']} is not {STATE_VERSION}")
+        self.lr = float(state["lr"])
+        self.best_error = float(state["best_error"])
+        self.epochs_since_improvement = int(state["epochs_since_improvement"])
+        self.num_reductions = int(state["num_reductions"])
+        self.num_epochs = int(state["num_epochs"])
+        self.should_stop = bool(state["should_stop"])
