@@ -38,7 +38,7 @@ class ModelConfig(StrictModel):
 
     num_classes: int = Field(1000, ge=2, description="Classes of the softmax (fc8 outputs, split across the towers).")
     width: float = Field(1.0, gt=0.0, le=4.0, description="Multiplier on every layer's kernel and neuron count; 1.0 is the paper.")
-    input_size: int = Field(224, ge=35, description="Side of the square input crop (224 in the paper; 227 with conv1_padding 0 is Caffe's choice).")
+    input_size: int = Field(224, ge=1, description="Side of the square input crop (224 in the paper; 227 with conv1_padding 0 is Caffe's choice).")
     conv1_padding: int = Field(2, ge=0, le=5, description="Zero padding of conv1; 2 makes a 224 input give 55x55 like the paper's 227-equivalent.")
     tower_conv_channels: tuple[int, int, int, int, int] = Field(
         (48, 128, 192, 192, 128), description="Kernels per tower in conv1..conv5 at width 1.0 (paper: 48/128/192/192/128)."
@@ -103,12 +103,12 @@ class ModelConfig(StrictModel):
 
     @model_validator(mode="after")
     def _check_shapes(self) -> "ModelConfig":
-        sizes = self.spatial_sizes()
-        bad = [name for name, s in sizes.items() if s < 1]
+        bad = [name for name, s in self.spatial_sizes().items() if s < 1]
         if bad:
+            smallest = next(n for n in range(1, 1024) if min(self.model_copy(update={"input_size": n}).spatial_sizes().values()) >= 1)
             raise ValueError(
                 f"input_size {self.input_size} with conv1_padding {self.conv1_padding} leaves no pixels after {bad[0]}; "
-                "use at least 35 (224 is the paper's size)"
+                f"use at least {smallest} (224 is the paper's size)"
             )
         if self.lrn_size % 2 == 0:
             raise ValueError(f"lrn_size must be odd so the window is centred, got {self.lrn_size}")
@@ -190,15 +190,17 @@ class JobConfig(StrictModel):
 def demo_config() -> JobConfig:
     """The embedded default: small, learnable, about a minute on two CPU cores.
 
+    It trains on an `alexserve synth` dataset, prepared at the paper's 256:224 ratio
+    for a 64-pixel crop, which the worker makes on first use (data/demo_data.py).
     Departs from the paper where a reduced-width net needs it (README, "Departures"):
     He init and learning rate 0.002, since the paper's N(0, 0.01) does not leave its
     initial plateau within a short run at width 0.25.
     """
     return JobConfig(
         model=ModelConfig(num_classes=10, width=0.25, input_size=64, conv1_padding=2, init_scheme="he"),
-        data=DataConfig(source="generated", generated_train_images=2048, generated_val_images=512),
+        data=DataConfig(source="folder", train_dir=Path("runs/demo/data/train"), scale_size=73),
         optim=OptimConfig(learning_rate=0.002),
-        train=TrainConfig(batch_size=64, num_epochs=3, log_every_steps=8, run_dir=Path("runs/demo")),
+        train=TrainConfig(batch_size=64, num_epochs=4, log_every_steps=8, run_dir=Path("runs/demo")),
     )
 
 

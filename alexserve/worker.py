@@ -1,6 +1,6 @@
 """One tower of a training job: `torchrun --nproc_per_node=2 -m alexserve.worker`.
 
-    # the demo: small generated data, reduced width and input, CPU + gloo
+    # the demo: a small `alexserve synth` dataset (made on first use), reduced width and input, CPU + gloo
     torchrun --nproc_per_node=2 -m alexserve.worker
     # a real job
     torchrun --nproc_per_node=2 -m alexserve.worker --config job.yaml --set train.batch_size=256
@@ -19,6 +19,9 @@ from pathlib import Path
 import torch
 
 from alexserve.config import ConfigError, JobConfig, load_config
+from alexserve.data.demo_data import ensure_demo_dataset
+from alexserve.data.factory import build_eval_source, build_train_source
+from alexserve.data.layout import DatasetError
 from alexserve.data.source import EvalSource, TrainSource
 from alexserve.model import AlexNetTower
 from alexserve.parallel.exchange import PeerExchange, PeerLostError
@@ -40,11 +43,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def build_sources(job: JobConfig, topology: Topology) -> tuple[TrainSource, EvalSource | None]:
-    from alexserve.data.factory import build_eval_source, build_train_source
-
     train = build_train_source(job, dp_rank=topology.pair, dp_size=topology.num_pairs, device=topology.device)
-    has_val = job.data.source == "generated" or job.data.val_dir is not None
-    return train, (build_eval_source(job, device=topology.device) if has_val else None)
+    return train, build_eval_source(job, device=topology.device)
 
 
 def build_tower(job: JobConfig, topology: Topology) -> AlexNetTower:
@@ -78,11 +78,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         job = load_config(args.config, args.overrides)
         topology = topology_from_env(job.dist)
-    except (ConfigError, LaunchError) as err:
+        if args.config is None and job.data.source == "folder":
+            ensure_demo_dataset(job, topology.local_rank)
+    except (ConfigError, LaunchError, DatasetError) as err:
         print(f"{prefix} {err}", file=sys.stderr)
         return EXIT_CONFIG
     try:
         return run(job, topology)
+    except DatasetError as err:
+        print(f"{prefix} {err}", file=sys.stderr)
+        return EXIT_CONFIG
     except PeerLostError as err:
         print(f"{prefix} error: {err}", file=sys.stderr)
         return EXIT_PEER_LOST

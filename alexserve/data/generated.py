@@ -2,8 +2,7 @@
 
 Each class is a smooth random colour pattern (a few blobs of colour upsampled
 from a 4x4 grid); an image is its class pattern at a random brightness plus
-pixel noise. Images are made at the paper's ratio of stored size to crop
-(256:224), so training takes random crops and flips and evaluation takes the
+pixel noise. Images are stored at `data.scale_size` like a prepared tree's, so training takes random crops and flips and evaluation takes the
 centre or ten crops, exactly like the folder loaders. Everything is a function
 of the seed, so both towers of a pair hold identical data without talking.
 """
@@ -25,8 +24,10 @@ PIXEL_SCALE = 50.0
 
 
 def stored_size(job: JobConfig) -> int:
-    """Side of a stored image for this crop size, at the paper's 256:224 ratio."""
-    return round(job.model.input_size * job.data.scale_size / 224)
+    """Side of a stored image: data.scale_size, like a prepared tree's."""
+    if job.data.scale_size < job.model.input_size:
+        raise ValueError(f"data.scale_size {job.data.scale_size} is smaller than model.input_size {job.model.input_size}")
+    return job.data.scale_size
 
 
 def generate_images(job: JobConfig, count: int, split_seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,162 @@
+"""Step time of the two-process gloo pair against the single-process grouped model.
+
+    python -m alexserve.bench.pair [--width 0.5 --batch-size 64 --steps 8]
+
+One run measures both on the same batch and weights, in turn on the same
+machine: the single process uses every core; each tower process gets half.
+Prints the ratio pair/single and the exchange's share of the pair's step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from alexserve.config import ModelConfig
+from alexserve.model import AlexNetGrouped, AlexNetTower
+from alexserve.train.optimizer import PaperSGD
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m alexserve.bench.pair", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--width", type=float, default=0.5)
+    parser.add_argument("--input-size", type=int, default=224)
+    parser.add_argument("--num-classes", type=int, default=1000)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=8, help="timed steps (after 2 warm-up steps)")
+    parser.add_argument("--out", type=Path, help="also write the figures as JSON here")
+    parser.add_argument("--rank-worker", type=Path, help=argparse.SUPPRESS)  # internal: run as one rank, write to this file
+    return parser.parse_args(argv)
+
+
+def model_config(args: argparse.Namespace) -> ModelConfig:
+    return ModelConfig(width=args.width, input_size=args.input_size, num_classes=args.num_classes)
+
+
+def fixed_batch(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return (torch.randn(args.batch_size, 3, args.input_size, args.input_size, generator=g) * 60,
+            torch.randint(0, args.num_classes, (args.batch_size,), generator=g))
+
+
+def timed_steps(step, steps: int, after_warmup=lambda: None) -> list[float]:
+    for _ in range(2):
+        step()
+    after_warmup()
+    times = []
+    for _ in range(steps):
+        began = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - began)
+    return times
+
+
+def run_single(args: argparse.Namespace) -> list[float]:
+    from alexserve.train.step import grouped_train_step
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    model = AlexNetGrouped.from_seed(model_config(args), 0)
+    optimizer = PaperSGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    images, labels = fixed_batch(args)
+    return timed_steps(lambda: grouped_train_step(model, optimizer, images, labels, None), args.steps)
+
+
+def run_rank(args: argparse.Namespace) -> None:
+    from alexserve.config import DistConfig
+    from alexserve.parallel.exchange import PeerExchange
+    from alexserve.parallel.process_group import process_group
+    from alexserve.parallel.topology import topology_from_env
+    from alexserve.train.step import tower_train_step
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
+    topology = topology_from_env(DistConfig(backend="gloo", device="cpu"))
+    with process_group(topology, timeout_seconds=120):
+        tower = AlexNetTower(model_config(args), topology.tower)
+        tower.reset_parameters(0)
+        link = PeerExchange(topology.rank, topology.peer, topology.tower)
+        optimizer = PaperSGD(tower.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+        images, labels = fixed_batch(args)
+        step = lambda: tower_train_step(tower, link, optimizer, images, labels, None)  # noqa: E731
+        times = timed_steps(step, args.steps, after_warmup=link.stats.take)
+        totals = link.stats.take()
+    if topology.rank == 0:
+        per_point = {f"{p}/{d}": {"seconds": e.seconds, "bytes": e.bytes} for (p, d), e in totals.items()}
+        args.rank_worker.write_text(json.dumps({"times": times, "exchange": per_point}))
+
+
+def run_pair(args: argparse.Namespace, argv: list[str]) -> dict:
+    from socket import socket
+
+    with socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        result = Path(tmp) / "rank0.json"
+        procs = []
+        for rank in (0, 1):
+            env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+            procs.append(subprocess.Popen([sys.executable, "-m", "alexserve.bench.pair", *argv, "--rank-worker", str(result)], env=env))
+        codes = [p.wait(timeout=3600) for p in procs]
+        if any(codes):
+            raise SystemExit(f"a pair rank failed: exit codes {codes}")
+        return json.loads(result.read_text())
+
+
+def strip_out(argv: list[str]) -> list[str]:
+    """The arguments minus `--out FILE`, for the rank processes."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--out":
+            skip = True
+        elif not arg.startswith("--out="):
+            kept.append(arg)
+    return kept
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    if args.rank_worker:
+        run_rank(args)
+        return 0
+    cfg = model_config(args)
+    print(f"model width {cfg.width}, input {cfg.input_size}, batch {args.batch_size}, {args.steps} timed steps, "
+          f"{os.cpu_count()} CPU cores, torch {torch.__version__}", flush=True)
+    single = run_single(args)
+    pair = run_pair(args, strip_out(argv))
+    single_median, pair_median = statistics.median(single), statistics.median(pair["times"])
+    exchange_seconds = sum(e["seconds"] for e in pair["exchange"].values())
+    exchange_share = exchange_seconds / sum(pair["times"])
+    figures = {
+        "single_step_seconds_median": single_median,
+        "pair_step_seconds_median": pair_median,
+        "pair_over_single": pair_median / single_median,
+        "exchange_share_of_pair_step": exchange_share,
+        "exchange_per_point": {k: {"seconds_per_step": v["seconds"] / args.steps, "bytes_per_step": v["bytes"] // args.steps}
+                               for k, v in sorted(pair["exchange"].items())},
+    }
+    print(f"single process (grouped, {os.cpu_count()} threads): {single_median * 1e3:.1f} ms/step "
+          f"(spread {min(single) * 1e3:.1f}-{max(single) * 1e3:.1f})")
+    print(f"two-process gloo pair:                 {pair_median * 1e3:.1f} ms/step "
+          f"(spread {min(pair['times']) * 1e3:.1f}-{max(pair['times']) * 1e3:.1f})")
+    for point, e in figures["exchange_per_point"].items():
+        print(f"  exchange {point:<16} {e['seconds_per_step'] * 1e3:7.2f} ms/step  {e['bytes_per_step'] / 1e6:7.2f} MB/step")
+    print(f"pair / single step time: {figures['pair_over_single']:.2f}x; exchange share of the pair's step: {exchange_share:.1%}")
+    if args.out:
+        args.out.write_text(json.dumps(figures, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

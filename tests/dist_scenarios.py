@@ -1,0 +1,67 @@
+"""Scenarios run by real rank processes (see conftest.run_scenario); results go to OUT/rank{r}.pt.
+
+    python tests/dist_scenarios.py SCENARIO OUT   (with RANK, WORLD_SIZE, MASTER_* set)
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from alexserve.config import DistConfig
+from alexserve.model import AlexNetTower
+from alexserve.parallel.exchange import PeerExchange
+from alexserve.parallel.process_group import process_group
+from alexserve.parallel.topology import topology_from_env
+from alexserve.train.optimizer import PaperSGD
+from alexserve.train.step import tower_forward_logits, tower_train_step
+from parity_setup import DROPOUT_SEED, SEED, make_batch, parity_model_config
+
+
+def build(topology, dtype=torch.float64) -> tuple[AlexNetTower, PeerExchange]:
+    tower = AlexNetTower(parity_model_config(), topology.tower)
+    tower.reset_parameters(SEED)
+    return tower.to(dtype), PeerExchange(topology.rank, topology.peer, topology.tower)
+
+
+def gradients(topology, out: Path, dropout_seed: int | None) -> None:
+    tower, link = build(topology)
+    images, labels = make_batch()
+    logits = tower_forward_logits(tower, link, images, dropout_seed)
+    loss = F.cross_entropy(logits, labels)
+    loss.backward()
+    torch.save(
+        {"logits": logits.detach(), "loss": loss.detach(), "grads": {n: p.grad for n, p in tower.named_parameters()},
+         "stats": {f"{p}/{d}": (e.seconds, e.bytes) for (p, d), e in link.stats.take().items()}},
+        out / f"rank{topology.rank}.pt",
+    )
+
+
+def sgd_steps(topology, out: Path) -> None:
+    tower, link = build(topology)
+    optimizer = PaperSGD(tower.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    images, labels = make_batch()
+    losses = [tower_train_step(tower, link, optimizer, images, labels, DROPOUT_SEED + step).loss for step in range(2)]
+    torch.save({"weights": tower.state_dict(), "losses": losses}, out / f"rank{topology.rank}.pt")
+
+
+SCENARIOS = {
+    "gradients": lambda topo, out: gradients(topo, out, None),
+    "gradients_dropout": lambda topo, out: gradients(topo, out, DROPOUT_SEED),
+    "sgd_steps": sgd_steps,
+}
+
+
+def main() -> None:
+    name, out = sys.argv[1], Path(sys.argv[2])
+    torch.set_num_threads(1)
+    topology = topology_from_env(DistConfig(backend="gloo", device="cpu"))
+    with process_group(topology, timeout_seconds=30):
+        SCENARIOS[name](topology, out)
+
+
+if __name__ == "__main__":
+    main()

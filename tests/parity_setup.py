@@ -1,0 +1,23 @@
+"""The small model and batch shared by the parity tests and their rank processes."""
+
+from __future__ import annotations
+
+import torch
+
+from alexserve.config import ModelConfig
+
+SEED = 3
+DROPOUT_SEED = 12345
+
+
+def parity_model_config() -> ModelConfig:
+    # Odd class count: exercises the uneven fc8 split (tower 0 holds one class more).
+    return ModelConfig(num_classes=7, width=0.125, input_size=67, conv1_padding=2, init_scheme="he", he_input_std=1.0)
+
+
+def make_batch(batch: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(99)
+    cfg = parity_model_config()
+    images = torch.randn(batch, 3, cfg.input_size, cfg.input_size, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, cfg.num_classes, (batch,), generator=g)
+    return images, labels

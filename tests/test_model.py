@@ -1,0 +1,106 @@
+"""The network against the paper's table: parameter count, shapes, LRN, init, layout."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from alexserve.config import ConfigError, ModelConfig, build_config
+from alexserve.model import AlexNetGrouped, AlexNetTower, join_tower_states, split_grouped_state
+from alexserve.model.lrn import paper_lrn
+
+PAPER_PARAMETERS = 60_965_224
+
+
+def count(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def test_parameter_count_is_the_papers():
+    cfg = ModelConfig()
+    assert count(AlexNetTower(cfg, 0)) + count(AlexNetTower(cfg, 1)) == PAPER_PARAMETERS
+    assert count(AlexNetGrouped(cfg)) == PAPER_PARAMETERS
+
+
+@pytest.mark.parametrize("input_size,padding", [(224, 2), (227, 0)])
+def test_every_layer_output_shape_matches_the_paper(input_size, padding):
+    cfg = ModelConfig(input_size=input_size, conv1_padding=padding)
+    model = AlexNetGrouped(cfg).eval()
+    shapes = {}
+    for name in ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8"):
+        getattr(model, name).register_forward_hook(lambda m, i, o, name=name: shapes.__setitem__(name, tuple(o.shape[1:])))
+    pools = []
+    model.pool.register_forward_hook(lambda m, i, o: pools.append(tuple(o.shape[1:])))
+    with torch.no_grad():
+        model(torch.zeros(1, 3, input_size, input_size))
+    # Paper table: 96@55, 256@27, 384@13, 384@13, 256@13, 4096, 4096, 1000; pools 27, 13, 6.
+    assert shapes == {
+        "conv1": (96, 55, 55), "conv2": (256, 27, 27), "conv3": (384, 13, 13), "conv4": (384, 13, 13),
+        "conv5": (256, 13, 13), "fc6": (4096,), "fc7": (4096,), "fc8": (1000,),
+    }
+    assert pools == [(96, 27, 27), (256, 13, 13), (256, 6, 6)]
+    assert cfg.fc6_inputs == 9216
+
+
+def test_tower_holds_half_of_every_layer():
+    tower = AlexNetTower(ModelConfig(), 1)
+    assert [getattr(tower, f"conv{i}").out_channels for i in range(1, 6)] == [48, 128, 192, 192, 128]
+    assert (tower.conv3.in_channels, tower.fc6.in_features, tower.fc7.in_features, tower.fc8.in_features) == (256, 9216, 4096, 4096)
+    assert (tower.fc6.out_features, tower.fc7.out_features, tower.fc8.out_features) == (2048, 2048, 500)
+
+
+def test_lrn_is_the_papers_formula_not_torchs():
+    torch.manual_seed(0)
+    a = torch.randn(2, 11, 4, 4, dtype=torch.float64) * 30
+    k, n, alpha, beta = 2.0, 5, 1e-4, 0.75
+    expected = torch.empty_like(a)
+    channels = a.shape[1]
+    for i in range(channels):
+        lo, hi = max(0, i - n // 2), min(channels - 1, i + n // 2)
+        expected[:, i] = a[:, i] / (k + alpha * (a[:, lo : hi + 1] ** 2).sum(dim=1)) ** beta
+    torch.testing.assert_close(paper_lrn(a, n, alpha, beta, k), expected, rtol=1e-12, atol=0)
+    # Grouped: the window never crosses into the other tower's maps.
+    two = torch.cat([a, a * 3], dim=1)
+    grouped = paper_lrn(two, n, alpha, beta, k, groups=2)
+    torch.testing.assert_close(grouped[:, :channels], expected, rtol=1e-12, atol=0)
+
+
+def test_initialisation_follows_the_paper():
+    cfg = ModelConfig()
+    model = AlexNetGrouped.from_seed(cfg, seed=0)
+    for name in ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8"):
+        layer = getattr(model, name)
+        bias = 1.0 if name in ("conv2", "conv4", "conv5", "fc6", "fc7") else 0.0
+        assert torch.all(layer.bias == bias), name
+        assert abs(float(layer.weight.detach().mean())) < 1e-3, name
+        assert abs(float(layer.weight.detach().std()) - 0.01) < 0.0015 * (1 + 30 / layer.weight.numel() ** 0.5), name
+
+
+def test_grouped_and_tower_layouts_round_trip():
+    cfg = ModelConfig(width=0.25, num_classes=9, input_size=99)
+    grouped = AlexNetGrouped.from_seed(cfg, seed=5)
+    towers = split_grouped_state(cfg, grouped.state_dict())
+    for t, state in enumerate(towers):
+        tower = AlexNetTower(cfg, t)
+        tower.load_state_dict(state)  # same names, same shapes
+        fresh = AlexNetTower(cfg, t)
+        fresh.reset_parameters(5)
+        for name, value in fresh.state_dict().items():
+            assert torch.equal(value, state[name]), f"tower {t} {name}: grouped init is not the towers' init"
+    joined = join_tower_states(cfg, towers)
+    assert all(torch.equal(joined[n], v) for n, v in grouped.state_dict().items())
+    assert towers[0]["fc8.weight"].shape[0] == 5 and towers[1]["fc8.weight"].shape[0] == 4
+
+
+def test_bad_model_config_names_the_field():
+    with pytest.raises(ConfigError) as err:
+        build_config({"model": {"input_size": "big", "widht": 2}}, origin="job.yaml")
+    message = str(err.value)
+    assert "job.yaml" in message and "model.input_size" in message and "model.widht" in message
+    with pytest.raises(ConfigError, match="model.lrn_size|lrn_size"):
+        build_config({"model": {"lrn_size": 4}})
+
+
+def test_too_small_input_names_the_smallest_that_works():
+    with pytest.raises(ConfigError, match="input_size 48 .* use at least 63"):
+        build_config({"model": {"input_size": 48}})
