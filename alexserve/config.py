@@ -153,7 +153,7 @@ class OptimConfig(StrictModel):
     momentum: float = Field(0.9, ge=0.0, lt=1.0, description="Momentum (paper: 0.9).")
     weight_decay: float = Field(5e-4, ge=0.0, description="Weight decay (paper: 0.0005), applied as in the paper's update rule.")
     lr_divisor: float = Field(10.0, gt=1.0, description="The learning rate is divided by this when validation error plateaus (paper: 10).")
-    plateau_patience: int = Field(1, ge=0, description="Epochs without a better validation error before the learning rate drops.")
+    plateau_patience: int = Field(1, ge=1, description="Epochs without a better validation error before the learning rate drops.")
     max_lr_reductions: int = Field(3, ge=0, description="Reductions before training stops (paper: three).")
 
 
@@ -167,6 +167,14 @@ class TrainConfig(StrictModel):
     log_every_steps: int = Field(10, ge=1, description="Steps per progress line.")
     dtype: Literal["float32", "float64"] = Field("float32", description="Parameter and activation dtype (float64 for exactness tests).")
     run_dir: Path = Field(Path("runs/default"), description="Where history, plots and checkpoints of this job go.")
+    checkpoint_dir: Path | None = Field(None, description="Checkpoint folder; None means run_dir/checkpoints.")
+    checkpoint_every_steps: int | None = Field(None, ge=1, description="Also checkpoint every this many steps (every epoch end always).")
+    keep_last_checkpoints: int = Field(3, ge=1, description="Committed checkpoints kept; older ones are deleted.")
+    ten_crop_every_epochs: int = Field(1, ge=1, description="Evaluate ten crops every this many epochs (centre crop: every epoch).")
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.checkpoint_dir if self.checkpoint_dir is not None else self.run_dir / "checkpoints"
 
 
 class DistConfig(StrictModel):

@@ -6,7 +6,11 @@
     torchrun --nproc_per_node=2 -m alexserve.worker --config job.yaml --set train.batch_size=256
 
 Rank r runs tower r % 2 of pair r // 2 and exchanges activations with rank r ^ 1.
-Exit codes: 0 done, 2 bad config or launch environment, 3 peer lost, 1 anything else.
+Exit codes: 0 done (or stopped on request, after a checkpoint), 2 bad config, data,
+checkpoint or launch environment, 3 peer lost, 1 anything else.
+
+`--resume` (implied when torchrun restarts the group) continues from the newest
+complete checkpoint in `train.checkpoint_dir` (default `run_dir/checkpoints`).
 """
 
 from __future__ import annotations
@@ -27,8 +31,15 @@ from alexserve.model import AlexNetTower
 from alexserve.parallel.exchange import PeerExchange, PeerLostError
 from alexserve.parallel.process_group import process_group
 from alexserve.parallel.topology import LaunchError, Topology, topology_from_env
+from alexserve.supervisor.worker_link import WorkerLink
+from alexserve.train.checkpoint import CheckpointError
+from alexserve.train.checkpointing import RunCheckpointer, open_store
+from alexserve.train.control import CommandSync
+from alexserve.train.history import History
 from alexserve.train.loop import TowerTrainer
 from alexserve.train.optimizer import PaperSGD
+from alexserve.train.reporting import Reporter
+from alexserve.train.schedule import PlateauSchedule
 
 EXIT_CONFIG = 2
 EXIT_PEER_LOST = 3
@@ -53,22 +64,38 @@ def build_tower(job: JobConfig, topology: Topology) -> AlexNetTower:
     return tower.to(device=topology.device, dtype=getattr(torch, job.train.dtype))
 
 
-def run(job: JobConfig, topology: Topology) -> int:
+def resume_requested(args: argparse.Namespace) -> bool:
+    """--resume, or a worker group that torchrun restarted after a failure."""
+    return args.resume or int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+
+
+def run(job: JobConfig, topology: Topology, resume: bool, link) -> int:
     # Two ranks share the machine's cores; oversubscribing them makes both slower.
     if topology.device.type == "cpu":
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", topology.world_size))
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
     with process_group(topology, job.dist.timeout_seconds):
         tower = build_tower(job, topology)
-        link = PeerExchange(topology.rank, topology.peer, topology.tower)
+        exchange = PeerExchange(topology.rank, topology.peer, topology.tower)
         optimizer = PaperSGD.from_config(tower.parameters(), job.optim)
+        schedule = PlateauSchedule(job.optim)
+        checkpointer = RunCheckpointer(job, topology, open_store(job))
+        position = checkpointer.restore(tower, optimizer, schedule) if resume else None
+        history = None
+        if topology.is_primary:
+            history = History(job.train.run_dir)
+            history.rewind(position.epoch if position else 0)
+            if position:
+                print(f"resumed from the checkpoint at step {position.global_step}", file=sys.stderr, flush=True)
         train_source, eval_source = build_sources(job, topology)
         try:
-            TowerTrainer(job, topology, tower, link, optimizer, train_source, eval_source).train()
+            trainer = TowerTrainer(job, topology, tower, exchange, optimizer, schedule, train_source, eval_source,
+                                   checkpointer, CommandSync(link, topology.is_primary, topology.device),
+                                   Reporter(link, topology), history, position)
+            trainer.train()
         finally:
             train_source.close()
-            if eval_source is not None:
-                eval_source.close()
+            eval_source.close()
     return 0
 
 
@@ -83,14 +110,26 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, LaunchError, DatasetError) as err:
         print(f"{prefix} {err}", file=sys.stderr)
         return EXIT_CONFIG
+    link = WorkerLink.from_env(topology.rank)
     try:
-        return run(job, topology)
-    except DatasetError as err:
-        print(f"{prefix} {err}", file=sys.stderr)
+        return run(job, topology, resume_requested(args), link)
+    except (DatasetError, CheckpointError) as err:
+        report_error(link, f"{prefix} {err}")
         return EXIT_CONFIG
     except PeerLostError as err:
-        print(f"{prefix} error: {err}", file=sys.stderr)
+        report_error(link, f"{prefix} error: {err}")
         return EXIT_PEER_LOST
+    finally:
+        if link is not None:
+            link.close()
+
+
+def report_error(link, message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+    if link is not None:
+        from alexserve.supervisor.messages import ErrorEvent
+
+        link.send(ErrorEvent(job_id=link.job_id, rank=link.rank, message=message))
 
 
 if __name__ == "__main__":

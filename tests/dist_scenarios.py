@@ -63,5 +63,29 @@ def main() -> None:
         SCENARIOS[name](topology, out)
 
 
+
+def checkpoint_logits(topology, out: Path) -> None:
+    """Loads this tower's shard of the checkpoint at $CKPT and saves the towers' logits on the parity batch."""
+    import os
+
+    from alexserve.config import JobConfig
+    from alexserve.train.export import find_checkpoint
+
+    store, ref = find_checkpoint(Path(os.environ["CKPT"]))
+    job = JobConfig.model_validate(store.load_config(ref))
+    tower = AlexNetTower(job.model, topology.tower)
+    tower.load_state_dict(store.load(ref, f"tower{topology.tower}")["model"])
+    tower.eval()
+    link = PeerExchange(topology.rank, topology.peer, topology.tower)
+    g = torch.Generator().manual_seed(5)
+    images = torch.randn(4, 3, job.model.input_size, job.model.input_size, generator=g) * 50
+    with torch.no_grad():
+        logits = tower_forward_logits(tower, link, images, None)
+    torch.save({"images": images, "logits": logits}, out / f"rank{topology.rank}.pt")
+
+
+SCENARIOS["checkpoint_logits"] = checkpoint_logits
+
+
 if __name__ == "__main__":
     main()

@@ -174,7 +174,7 @@ def test_raw_images_ten_crops_match_the_eval_loader(tmp_path: Path):
     job = folder_job(dst, loader="pil", batch_size=2, input_size=224)
     tree = open_prepared_tree(job)
     files = list_prepared_split(tree.val_dir, tree.classes)[:2]
-    crops = load_ten_crops([f.path for f in files], tree.stats, 224)
+    crops = load_ten_crops([f.path for f in files], tree.stats.mean_image, 224)
     source = build_eval_source(job, device=CPU)
     images, _ = next(iter(source.batches("ten_crop")))
     source.close()
@@ -182,7 +182,7 @@ def test_raw_images_ten_crops_match_the_eval_loader(tmp_path: Path):
     assert torch.allclose(crops, images, atol=1e-3)
     (tmp_path / "bad.JPEG").write_bytes(b"")
     with pytest.raises(ValueError, match="bad.JPEG: zero-byte"):
-        load_ten_crops([tmp_path / "bad.JPEG"], tree.stats, 224)
+        load_ten_crops([tmp_path / "bad.JPEG"], tree.stats.mean_image, 224)
 
 
 def test_missing_stats_or_wrong_class_count_is_named(tmp_path: Path):

@@ -16,15 +16,15 @@ import torch
 from alexserve.data.augment import ten_crop_offsets
 from alexserve.data.imageops import BadImage, load_rgb, rescale_center_crop
 from alexserve.data.pil_loader import crop_centred
-from alexserve.data.stats import DatasetStats
 
 
-def load_ten_crops(paths: Sequence[str | Path], stats: DatasetStats, input_size: int) -> torch.Tensor:
+def load_ten_crops(paths: Sequence[str | Path], mean_image: np.ndarray, input_size: int) -> torch.Tensor:
     """[N, 10, 3, S, S] float32: 4 corners + centre, then the same 5 reflected, of (image - mean image).
 
+    `mean_image` is the training set's [scale, scale, 3] mean (DatasetStats.mean_image, or an export's).
     Raises ValueError naming the file when one cannot be read as an image.
     """
-    scale = stats.scale_size
+    scale = mean_image.shape[0]
     if input_size > scale:
         raise ValueError(f"input_size {input_size} is larger than the prepared scale {scale}")
     out = []
@@ -33,7 +33,7 @@ def load_ten_crops(paths: Sequence[str | Path], stats: DatasetStats, input_size:
             image = np.asarray(rescale_center_crop(load_rgb(Path(path)).image, scale))
         except BadImage as err:
             raise ValueError(f"{path}: {err}") from None
-        out.append(np.stack([crop_centred(image, stats.mean_image, x, y, input_size, f) for x, y, f in ten_crop_offsets(scale, input_size)]))
+        out.append(np.stack([crop_centred(image, mean_image, x, y, input_size, f) for x, y, f in ten_crop_offsets(scale, input_size)]))
     if not out:
         return torch.empty((0, 10, 3, input_size, input_size))
     return torch.from_numpy(np.ascontiguousarray(np.stack(out)))

@@ -1,15 +1,17 @@
 """The training loop of one tower process.
 
 Both towers of a pair run this same loop in lockstep: every forward and
-backward meets the peer at the exchange points, so the two processes agree on
-the step number without any extra synchronisation.
+backward meets the peer at the exchange points, so the ranks agree on the step
+without extra messages. Per epoch: train, evaluate (centre crop, ten crops),
+let the plateau schedule set the learning rate, append the history and redraw
+its plot, checkpoint. Supervisor commands are taken between steps (control.py).
 """
 
 from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -20,16 +22,34 @@ from alexserve.model import AlexNetTower
 from alexserve.model.dropout import dropout_seed
 from alexserve.parallel.exchange import PeerExchange
 from alexserve.parallel.topology import Topology
+from alexserve.train.checkpointing import Position, RunCheckpointer
+from alexserve.train.control import Action, CommandSync
 from alexserve.train.evaluation import EvalResult, evaluate
+from alexserve.train.history import EpochRecord, History, plot
 from alexserve.train.progress import IntervalMeter
+from alexserve.train.reporting import Reporter
+from alexserve.train.schedule import PlateauSchedule
 from alexserve.train.step import tower_forward_logits, tower_train_step
 
 
 @dataclass
 class TrainOutcome:
-    steps: int
-    epochs_completed: int
-    final_eval: dict[str, EvalResult]
+    state: str  # "completed" or "stopped"
+    position: Position
+    final_eval: dict[str, EvalResult] = field(default_factory=dict)
+
+
+@dataclass
+class EpochTotals:
+    started: float = field(default_factory=time.perf_counter)
+    images: int = 0
+    loss_sum: float = 0.0
+    top1_errors: int = 0
+
+    def add(self, loss: float, top1_errors: int, images: int) -> None:
+        self.images += images
+        self.loss_sum += loss * images
+        self.top1_errors += top1_errors
 
 
 class TowerTrainer:
@@ -38,82 +58,168 @@ class TowerTrainer:
         job: JobConfig,
         topology: Topology,
         tower: AlexNetTower,
-        link: PeerExchange,
+        exchange: PeerExchange,
         optimizer: torch.optim.Optimizer,
+        schedule: PlateauSchedule,
         train_source: TrainSource,
-        eval_source: EvalSource | None,
+        eval_source: EvalSource,
+        checkpointer: RunCheckpointer,
+        commands: CommandSync,
+        reporter: Reporter,
+        history: History | None = None,
+        position: Position | None = None,
         log: Callable[[str], None] | None = None,
     ):
-        self.job, self.topology, self.tower, self.link = job, topology, tower, link
-        self.optimizer, self.train_source, self.eval_source = optimizer, train_source, eval_source
+        self.job, self.topology, self.tower, self.exchange = job, topology, tower, exchange
+        self.optimizer, self.schedule = optimizer, schedule
+        self.train_source, self.eval_source = train_source, eval_source
+        self.checkpointer, self.commands, self.reporter, self.history = checkpointer, commands, reporter, history
+        self.position = position or Position()
         self.log = log or (lambda line: print(line, file=sys.stderr, flush=True))
-        self.global_step = 0
+        self.last_eval: dict[str, EvalResult] = {}
+        self.optimizer_lr(schedule.lr)
 
-    def _say(self, line: str) -> None:
+    # ---- small pieces
+
+    def say(self, line: str) -> None:
         if self.topology.is_primary:
             self.log(line)
+
+    def optimizer_lr(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
 
     @property
     def learning_rate(self) -> float:
         return self.optimizer.param_groups[0]["lr"]
 
-    def evaluate(self) -> dict[str, EvalResult]:
+    def checkpoint(self, why: str) -> None:
+        ref = self.checkpointer.save(self.tower, self.optimizer, self.schedule, self.position)
+        if ref is not None:
+            self.say(f"checkpoint ({why}) at step {self.position.global_step}: {ref.path}")
+            self.reporter.checkpoint(self.position.global_step)
+
+    def evaluate(self, ten_crop: bool) -> dict[str, EvalResult]:
         self.tower.eval()
         try:
-            logits_of = lambda images: tower_forward_logits(self.tower, self.link, images, None)  # noqa: E731
-            return {mode: evaluate(logits_of, self.eval_source, mode) for mode in ("center", "ten_crop")}
+            logits_of = lambda images: tower_forward_logits(self.tower, self.exchange, images, None)  # noqa: E731
+            modes = ("center", "ten_crop") if ten_crop else ("center",)
+            return {mode: evaluate(logits_of, self.eval_source, mode) for mode in modes}
         finally:
             self.tower.train()
 
-    def _train_epoch(self, epoch: int, start_step: int, max_steps: int | None) -> bool:
-        """One epoch from `start_step`; False when max_steps stopped it early."""
+    @staticmethod
+    def describe_eval(results: dict[str, EvalResult]) -> str:
+        return " | ".join(f"val {r.mode.replace('_', '-')}: top-1 err {r.top1_error:.3f}, top-5 err {r.top5_error:.3f}"
+                          for r in results.values())
+
+    # ---- commands
+
+    def take_command(self) -> bool:
+        """Acts on the supervisor's command before a step; False when training must stop here."""
+        action = self.commands.next_action()
+        if action == Action.PAUSE:
+            self.say(f"paused at step {self.position.global_step}")
+            self.reporter.state("paused", self.position.global_step)
+            while (action := self.commands.wait_while_paused()) == Action.CHECKPOINT_NOW:
+                self.checkpoint("requested")
+            if action == Action.RESUME:
+                self.say(f"resumed at step {self.position.global_step}")
+                self.reporter.state("running", self.position.global_step)
+        if action == Action.CHECKPOINT_NOW:
+            self.checkpoint("requested")
+        return action != Action.STOP
+
+    # ---- the loop
+
+    def train_epoch(self) -> str:
+        """Runs the rest of the current epoch: 'epoch_done', 'max_steps' or 'stopped'."""
+        cfg, pos = self.job.train, self.position
         steps_per_epoch = self.train_source.steps_per_epoch
-        meter = IntervalMeter()
-        wait_before = self.train_source.wait_seconds_total
-        exchange_before = self.link.stats.seconds()
+        meter, totals = IntervalMeter(), EpochTotals()
+        wait_mark = self.train_source.wait_seconds_total
+        self.exchange.stats.take()  # evaluation's exchanges are not training's
         self.tower.train()
+        self.epoch_totals = totals
         step_started = time.perf_counter()
-        for step_in_epoch, (images, labels) in enumerate(self.train_source.batches(epoch, start_step), start=start_step):
-            seed = dropout_seed(self.job.train.seed, self.topology.pair, self.global_step)
-            result = tower_train_step(self.tower, self.link, self.optimizer, images, labels, seed)
-            self.global_step += 1
+        for images, labels in self.train_source.batches(pos.epoch, pos.step_in_epoch):
+            if not self.take_command():
+                return "stopped"
+            seed = dropout_seed(cfg.seed, self.topology.pair, pos.global_step)
+            result = tower_train_step(self.tower, self.exchange, self.optimizer, images, labels, seed)
+            pos.global_step += 1
+            pos.step_in_epoch += 1
             now = time.perf_counter()
             meter.add_step(result.loss, result.top1_errors, result.images, now - step_started)
+            totals.add(result.loss, result.top1_errors, result.images)
             step_started = now
-            done_in_epoch = step_in_epoch + 1
-            last = done_in_epoch == steps_per_epoch or (max_steps is not None and self.global_step >= max_steps)
-            if done_in_epoch % self.job.train.log_every_steps == 0 or last:
-                meter.data_wait_seconds = self.train_source.wait_seconds_total - wait_before
-                meter.exchange_seconds = self.link.stats.seconds() - exchange_before
-                self._say(meter.line(epoch, self.job.train.num_epochs, done_in_epoch, steps_per_epoch, self.learning_rate))
+            epoch_done = pos.step_in_epoch == steps_per_epoch
+            out_of_steps = cfg.max_steps is not None and pos.global_step >= cfg.max_steps
+            if pos.step_in_epoch % cfg.log_every_steps == 0 or epoch_done or out_of_steps:
+                exchanged = self.exchange.stats.take()
+                meter.data_wait_seconds = self.train_source.wait_seconds_total - wait_mark
+                meter.exchange_seconds = sum(e.seconds for e in exchanged.values())
+                self.say(meter.line(pos.epoch, cfg.num_epochs, pos.step_in_epoch, steps_per_epoch, self.learning_rate))
+                self.reporter.interval(meter, pos.epoch, pos.global_step, self.learning_rate, exchanged)
                 meter = IntervalMeter()
-                wait_before = self.train_source.wait_seconds_total
-                exchange_before = self.link.stats.seconds()
-            if max_steps is not None and self.global_step >= max_steps:
-                return False
+                wait_mark = self.train_source.wait_seconds_total
+            if epoch_done:
+                return "epoch_done"
+            if out_of_steps:
+                return "max_steps"
+            if cfg.checkpoint_every_steps and pos.global_step % cfg.checkpoint_every_steps == 0:
+                self.checkpoint("periodic")
+        return "epoch_done"
+
+    def finish_epoch(self) -> bool:
+        """Evaluation, schedule, history, checkpoint; False when the schedule says training is over."""
+        pos, totals = self.position, self.epoch_totals
+        epoch = pos.epoch
+        ten_crop = (epoch + 1) % self.job.train.ten_crop_every_epochs == 0 or epoch + 1 == self.job.train.num_epochs
+        results = self.last_eval = self.evaluate(ten_crop)
+        self.say(f"epoch {epoch + 1} done: {self.describe_eval(results)}")
+        self.reporter.evaluation(epoch, pos.global_step, results)
+        lr_used = self.learning_rate
+        self.optimizer_lr(self.schedule.step(results["center"].top1_error))
+        if self.learning_rate != lr_used:
+            self.say(f"validation error stopped improving: learning rate {lr_used:g} -> {self.learning_rate:g}")
+        if self.history is not None:
+            ten = results.get("ten_crop")
+            self.history.append(EpochRecord(
+                epoch=epoch + 1, step=pos.global_step, train_loss=totals.loss_sum / max(totals.images, 1),
+                train_top1_error=totals.top1_errors / max(totals.images, 1),
+                val_top1_error=results["center"].top1_error, val_top5_error=results["center"].top5_error,
+                val_top1_error_10crop=ten.top1_error if ten else None, val_top5_error_10crop=ten.top5_error if ten else None,
+                lr=lr_used, epoch_seconds=time.perf_counter() - totals.started,
+            ))
+            plot(self.job.train.run_dir)
+        pos.epoch, pos.step_in_epoch = epoch + 1, 0
+        self.checkpoint("epoch end")
+        if self.schedule.should_stop:
+            self.say(f"the learning rate was reduced {self.job.optim.max_lr_reductions} times and stopped improving: done")
+            return False
         return True
 
-    def _describe_eval(self, results: dict[str, EvalResult]) -> str:
-        return " | ".join(
-            f"val {r.mode.replace('_', '-')}: top-1 err {r.top1_error:.3f}, top-5 err {r.top5_error:.3f}" for r in results.values()
-        )
-
     def train(self) -> TrainOutcome:
-        cfg = self.job.train
-        self._say(f"training: {self.topology.describe()}; {self.train_source.steps_per_epoch} steps/epoch of {cfg.batch_size} images")
-        results: dict[str, EvalResult] = {}
-        epochs_completed = 0
-        for epoch in range(cfg.num_epochs):
-            finished = self._train_epoch(epoch, 0, cfg.max_steps)
-            if finished:
-                epochs_completed += 1
-            if self.eval_source is not None and (finished or epoch == cfg.num_epochs - 1):
-                results = self.evaluate()
-                self._say(f"epoch {epoch + 1} {'done' if finished else 'stopped early'}: {self._describe_eval(results)}")
-            if not finished:
+        cfg, pos = self.job.train, self.position
+        self.say(f"training: {self.topology.describe()}; {self.train_source.steps_per_epoch} steps/epoch of "
+                 f"{cfg.batch_size} images; from epoch {pos.epoch + 1} step {pos.step_in_epoch} (global step {pos.global_step})")
+        self.reporter.state("running", pos.global_step)
+        self.epoch_totals = EpochTotals()
+        while pos.epoch < cfg.num_epochs and (cfg.max_steps is None or pos.global_step < cfg.max_steps):
+            ended = self.train_epoch()
+            if ended == "stopped":
+                self.checkpoint("stop requested")
+                self.reporter.state("stopped", pos.global_step)
+                self.say(f"stopped at step {pos.global_step}")
+                return TrainOutcome("stopped", pos, self.last_eval)
+            if ended == "max_steps":
+                self.checkpoint("max_steps reached")
                 break
-        if self.eval_source is not None and not results:
-            results = self.evaluate()
-        if results:
-            self._say(f"final: {self._describe_eval(results)}")
-        return TrainOutcome(self.global_step, epochs_completed, results)
+            if not self.finish_epoch():
+                break
+        if not self.last_eval:
+            self.last_eval = self.evaluate(ten_crop=True)
+        self.say(f"final: {self.describe_eval(self.last_eval)}")
+        self.reporter.state("completed", pos.global_step)
+        return TrainOutcome("completed", pos, self.last_eval)

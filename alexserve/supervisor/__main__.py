@@ -1,0 +1,8 @@
+"""`python -m alexserve.supervisor`: the same as `alexserve supervisor`."""
+
+import sys
+
+from alexserve.supervisor.server import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,184 @@
+"""Job records, their state machine, and their crash-safe home on disk.
+
+States and the transitions the supervisor makes:
+
+    queued --launch--> running <--pause/resume--> paused
+    running|paused --stop--> stopping --exit 0--> stopped
+    running|paused --exit 0--> completed
+    running|paused --worker died--> running (relaunched from the newest checkpoint, restarts += 1)
+                                   or failed (restart budget used up; the reason is recorded)
+    queued|running|paused|stopping --cancel--> cancelled (the worker group is killed)
+    stopped|failed|cancelled --resume--> queued (relaunched from the newest checkpoint)
+
+`stopped` is a final state beside the issue's list: a job stopped on request
+exited cleanly after a checkpoint, which is neither "completed" nor "failed".
+
+Layout under the state dir, one folder per job:
+
+    jobs/job-7/job.json      the record (written atomically: temp file, fsync, rename, fsync folder)
+    jobs/job-7/config.json   the JobConfig the workers read
+    jobs/job-7/worker.log    torchrun's and the workers' output, every attempt appended
+    jobs/job-7/run/          the default run dir (history, checkpoints/)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class JobState(str, Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    PAUSED = "paused"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+ACTIVE_STATES = frozenset({JobState.RUNNING, JobState.PAUSED, JobState.STOPPING})
+FINAL_STATES = frozenset({JobState.STOPPED, JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED})
+RESUMABLE_STATES = frozenset({JobState.STOPPED, JobState.FAILED, JobState.CANCELLED})
+JOB_ID_PATTERN = re.compile(r"^job-(\d+)$")
+
+
+class JobRecord(BaseModel):
+    """What the supervisor knows about one job; persisted as job.json."""
+
+    model_config = ConfigDict(extra="ignore", validate_assignment=True)
+
+    id: str
+    name: str | None = None
+    state: JobState = JobState.QUEUED
+    reason: str = Field("", description="Why the job is in its state (failure cause, who stopped it, ...).")
+    spec: dict[str, Any]
+    run_dir: str
+    checkpoint_dir: str = Field("", description="Where the workers commit checkpoints (config.train.checkpoints).")
+    max_restarts: int
+    restarts: int = Field(0, description="Relaunches after a worker death in the current run (reset by resume).")
+    restarts_total: int = Field(0, description="Relaunches over the job's life.")
+    attempts: int = Field(0, description="Launches of the worker group.")
+    created_at: float = Field(default_factory=time.time)
+    updated_at: float = Field(default_factory=time.time)
+    started_at: float | None = None
+    finished_at: float | None = None
+    step: int = 0
+    epoch: int = 0
+    loss: float | None = None
+    last_checkpoint_step: int | None = None
+    last_checkpoint_at: float | None = None
+    last_error: str | None = None
+    exit_code: int | None = None
+    pid: int | None = Field(None, description="torchrun's pid while the group runs.")
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "name": self.name, "state": self.state.value, "step": self.step, "epoch": self.epoch,
+            "restarts": self.restarts_total, "reason": self.reason, "created_at": self.created_at,
+        }
+
+
+def fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Readers see the old file or the new one, never a torn one, even after a crash."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+class JobStore:
+    """The jobs/ folder of a state dir."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = Path(state_dir).resolve()
+        self.jobs_dir = self.state_dir / "jobs"
+        self.jobs_dir.mkdir(parents=True, exist_ok=True)
+
+    def job_dir(self, job_id: str) -> Path:
+        return self.jobs_dir / job_id
+
+    def log_path(self, job_id: str) -> Path:
+        return self.job_dir(job_id) / "worker.log"
+
+    def config_path(self, job_id: str) -> Path:
+        return self.job_dir(job_id) / "config.json"
+
+    def save(self, record: JobRecord) -> None:
+        record.updated_at = time.time()
+        directory = self.job_dir(record.id)
+        directory.mkdir(parents=True, exist_ok=True)
+        write_atomically(directory / "job.json", record.model_dump_json(indent=2).encode())
+
+    def write_config(self, job_id: str, config: dict[str, Any]) -> Path:
+        path = self.config_path(job_id)
+        write_atomically(path, json.dumps(config, indent=2).encode())
+        return path
+
+    def load_all(self) -> tuple[dict[str, JobRecord], list[str]]:
+        """Every readable record, and a note for each folder that could not be read."""
+        records: dict[str, JobRecord] = {}
+        problems = []
+        for directory in sorted(self.jobs_dir.iterdir()):
+            path = directory / "job.json"
+            if not directory.is_dir() or not JOB_ID_PATTERN.match(directory.name) or not path.exists():
+                continue
+            try:
+                record = JobRecord.model_validate_json(path.read_bytes())
+            except (OSError, ValueError) as err:
+                problems.append(f"{path}: unreadable job record: {err}")
+                continue
+            records[record.id] = record
+        return records, problems
+
+    def next_id(self, known: dict[str, JobRecord]) -> str:
+        used = [int(m.group(1)) for name in list(known) + [p.name for p in self.jobs_dir.iterdir()]
+                if (m := JOB_ID_PATTERN.match(name))]
+        return f"job-{max(used, default=0) + 1}"
+
+
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+def newest_checkpoint_step(directory: Path) -> int | None:
+    """Step of the newest committed checkpoint in a checkpoint folder (a step-N folder with its COMMITTED manifest)."""
+    directory = Path(directory)
+    try:
+        entries = list(directory.iterdir())
+    except OSError:
+        return None
+    steps = [int(m.group(1)) for p in entries if (m := _STEP_DIR.match(p.name)) and (p / "COMMITTED").is_file()]
+    return max(steps, default=None)
+
+
+def tail_lines(path: Path, lines: int, max_bytes: int = 512 * 1024) -> str:
+    """The last `lines` lines of a text file, reading at most `max_bytes` from its end."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - max_bytes))
+            data = f.read()
+    except FileNotFoundError:
+        return ""
+    text = data.decode("utf-8", errors="replace")
+    return "\n".join(text.splitlines()[-lines:]) + ("\n" if text else "")
