@@ -28,6 +28,7 @@ from alexserve.data.factory import build_eval_source, build_train_source
 from alexserve.data.layout import DatasetError
 from alexserve.data.source import EvalSource, TrainSource
 from alexserve.model import AlexNetTower
+from alexserve.parallel.data_parallel import GradientAverager, tower_groups
 from alexserve.parallel.exchange import PeerExchange, PeerLostError
 from alexserve.parallel.process_group import process_group
 from alexserve.parallel.topology import LaunchError, Topology, topology_from_env
@@ -75,7 +76,9 @@ def run(job: JobConfig, topology: Topology, resume: bool, link) -> int:
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", topology.world_size))
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
     with process_group(topology, job.dist.timeout_seconds):
+        dp_group = tower_groups(topology)
         tower = build_tower(job, topology)
+        averager = GradientAverager(tower, dp_group, topology.num_pairs) if dp_group is not None else None
         exchange = PeerExchange(topology.rank, topology.peer, topology.tower)
         optimizer = PaperSGD.from_config(tower.parameters(), job.optim)
         schedule = PlateauSchedule(job.optim)
@@ -91,7 +94,7 @@ def run(job: JobConfig, topology: Topology, resume: bool, link) -> int:
         try:
             trainer = TowerTrainer(job, topology, tower, exchange, optimizer, schedule, train_source, eval_source,
                                    checkpointer, CommandSync(link, topology.is_primary, topology.device),
-                                   Reporter(link, topology), history, position)
+                                   Reporter(link, topology), history, position, averager=averager)
             trainer.train()
         finally:
             train_source.close()

@@ -87,5 +87,24 @@ def checkpoint_logits(topology, out: Path) -> None:
 SCENARIOS["checkpoint_logits"] = checkpoint_logits
 
 
+
+def data_parallel_step(topology, out: Path) -> None:
+    """One SGD step; pair p trains on its slice of the parity batch; pair 0's towers save their weights."""
+    from alexserve.parallel.data_parallel import GradientAverager, tower_groups
+
+    group = tower_groups(topology)
+    tower, link = build(topology)
+    averager = GradientAverager(tower, group, topology.num_pairs) if group is not None else None
+    optimizer = PaperSGD(tower.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    images, labels = make_batch(8)
+    per_pair = len(labels) // topology.num_pairs
+    mine = slice(topology.pair * per_pair, (topology.pair + 1) * per_pair)
+    tower_train_step(tower, link, optimizer, images[mine], labels[mine], None, averager)
+    torch.save({"weights": tower.state_dict()}, out / f"rank{topology.rank}.pt")
+
+
+SCENARIOS["data_parallel_step"] = data_parallel_step
+
+
 if __name__ == "__main__":
     main()

@@ -113,7 +113,7 @@ def test_stop_writes_a_checkpoint_then_resume_and_cancel(supervisor):
 
 
 def test_sigkill_of_one_worker_restarts_from_the_checkpoint(supervisor):
-    steps = 150
+    steps = 100
     job = supervisor.client.submit(tiny_spec(steps, name="crashy", max_restarts=2), "crashy.json")
     wait_step(supervisor, job["id"], 5)
     supervisor.client.call("checkpoint_now", job_id=job["id"])
@@ -142,9 +142,10 @@ def test_supervisor_restart_keeps_the_job_list_and_leaves_no_orphans(tmp_path):
     state = tmp_path / "state"
     first = start_supervisor(state)
     try:
-        short = first.client.submit(tiny_spec(4, name="short"), "short.json")
-        wait_state(first, short["id"], {"completed"}, 90)
         long = first.client.submit(tiny_spec(100_000, name="long"), "long.json")
+        waiting = first.client.submit(tiny_spec(4, name="waiting"), "waiting.json")  # one slot: this one queues
+        assert first.client.status(waiting["id"])["state"] == "queued"
+        first.client.call("cancel", job_id=waiting["id"])
         wait_step(first, long["id"], 2)
         assert marked_processes(state)
         first.stop(signal.SIGKILL)  # a crash: no chance to clean up
@@ -156,15 +157,27 @@ def test_supervisor_restart_keeps_the_job_list_and_leaves_no_orphans(tmp_path):
     second = start_supervisor(state)
     try:
         jobs = {j["id"]: j for j in second.client.list()}
-        assert jobs[short["id"]]["state"] == "completed"
+        assert jobs[waiting["id"]]["state"] == "cancelled"
         assert jobs[long["id"]]["state"] == "failed"
         assert jobs[long["id"]]["reason"].startswith("interrupted: the supervisor exited while the job was running")
         assert not marked_processes(state)
-        # A new job gets a new id, the old records stay.
-        third = second.client.submit(tiny_spec(2, name="after"), "after.json")
-        assert third["id"] not in (short["id"], long["id"])
-        wait_state(second, third["id"], {"completed"}, 90)
-        assert len(second.client.list()) == 3
+        # A new job gets a new id; a clean shutdown (SIGTERM) kills its workers, even mid-start-up, before exiting.
+        after = second.client.submit(tiny_spec(100_000, name="after"), "after.json")
+        assert after["id"] not in (waiting["id"], long["id"])
+        wait_state(second, after["id"], {"running"}, 30)
+        time.sleep(2.0)
+        assert marked_processes(state)
+        second.stop(signal.SIGTERM)
+        assert second.proc.returncode == 0, second.log()
+        assert not marked_processes(state), "workers outlived a clean shutdown"
     finally:
-        left = cleanup(second)
+        cleanup(second)
+
+    third = start_supervisor(state)
+    try:
+        jobs = {j["id"]: j for j in third.client.list()}
+        assert [jobs[j]["state"] for j in (long["id"], waiting["id"], after["id"])] == ["failed", "cancelled", "failed"]
+        assert jobs[after["id"]]["reason"].startswith("interrupted: the supervisor shut down while the job was running")
+    finally:
+        left = cleanup(third)
     assert not left

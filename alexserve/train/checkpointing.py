@@ -56,7 +56,7 @@ class RunCheckpointer:
         if not self.topology.is_primary:
             return None
         shared = {"epoch": position.epoch, "step_in_epoch": position.step_in_epoch, "global_step": step,
-                  "schedule": schedule.state_dict()}
+                  "num_pairs": self.topology.num_pairs, "schedule": schedule.state_dict()}
         return self.store.commit(step, shared, self.job.model_dump(mode="json"))
 
     def _choose(self) -> CheckpointRef | None:
@@ -93,4 +93,22 @@ class RunCheckpointer:
         restore_rng_state(shard["rng"])
         shared = self.store.load_shared(ref)
         schedule.load_state_dict(shared["schedule"])
-        return Position(int(shared["epoch"]), int(shared["step_in_epoch"]), int(shared["global_step"]))
+        return self._position_for_this_layout(shared)
+
+    def _position_for_this_layout(self, shared: dict) -> Position:
+        """Mid-epoch positions count steps of the saving run's layout; convert them by images seen.
+
+        Each pair reads its own contiguous block of the epoch's order, so with another number of
+        pairs the rest of that epoch is not the same set of images: exact resume needs the same
+        layout, or a checkpoint taken at an epoch end (step_in_epoch 0), which is exact in any layout.
+        """
+        saved_pairs = int(shared.get("num_pairs", 1))
+        position = Position(int(shared["epoch"]), int(shared["step_in_epoch"]), int(shared["global_step"]))
+        if saved_pairs != self.topology.num_pairs and position.step_in_epoch:
+            images = position.step_in_epoch * saved_pairs
+            position.step_in_epoch = images // self.topology.num_pairs
+            if self.topology.is_primary:
+                print(f"resume: checkpoint from {saved_pairs} pair(s) mid-epoch, resuming with {self.topology.num_pairs}: "
+                      f"continuing epoch {position.epoch + 1} at step {position.step_in_epoch} (same number of images seen, "
+                      "not the same images)", file=sys.stderr, flush=True)
+        return position

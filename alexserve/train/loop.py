@@ -69,12 +69,14 @@ class TowerTrainer:
         history: History | None = None,
         position: Position | None = None,
         log: Callable[[str], None] | None = None,
+        averager=None,
     ):
         self.job, self.topology, self.tower, self.exchange = job, topology, tower, exchange
         self.optimizer, self.schedule = optimizer, schedule
         self.train_source, self.eval_source = train_source, eval_source
         self.checkpointer, self.commands, self.reporter, self.history = checkpointer, commands, reporter, history
         self.position = position or Position()
+        self.averager = averager  # data_parallel.GradientAverager with several pairs, else None
         self.log = log or (lambda line: print(line, file=sys.stderr, flush=True))
         self.last_eval: dict[str, EvalResult] = {}
         self.optimizer_lr(schedule.lr)
@@ -146,7 +148,7 @@ class TowerTrainer:
             if not self.take_command():
                 return "stopped"
             seed = dropout_seed(cfg.seed, self.topology.pair, pos.global_step)
-            result = tower_train_step(self.tower, self.exchange, self.optimizer, images, labels, seed)
+            result = tower_train_step(self.tower, self.exchange, self.optimizer, images, labels, seed, self.averager)
             pos.global_step += 1
             pos.step_in_epoch += 1
             now = time.perf_counter()

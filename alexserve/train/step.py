@@ -42,11 +42,15 @@ def tower_train_step(
     images: torch.Tensor,
     labels: torch.Tensor,
     dropout_seed: int | None,
+    averager=None,
 ) -> StepResult:
+    """`averager` (a data_parallel.GradientAverager, with several pairs) averages gradients across pairs."""
     optimizer.zero_grad(set_to_none=True)
     logits = tower_forward_logits(tower, link, images, dropout_seed)
     loss = F.cross_entropy(logits, labels)
     loss.backward()
+    if averager is not None:
+        averager.wait()
     optimizer.step()
     return summarize(loss.detach(), logits.detach(), labels)
 
