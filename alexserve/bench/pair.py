@@ -77,23 +77,35 @@ def run_rank(args: argparse.Namespace) -> None:
     from alexserve.parallel.topology import topology_from_env
     from alexserve.train.step import tower_train_step
 
-    torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
+    from alexserve.parallel.data_parallel import GradientAverager, tower_groups
+
     topology = topology_from_env(DistConfig(backend="gloo", device="cpu"))
-    with process_group(topology, timeout_seconds=120):
+    torch.set_num_threads(max(1, (os.cpu_count() or 2) // topology.world_size))
+    with process_group(topology, timeout_seconds=300):
+        group = tower_groups(topology)
         tower = AlexNetTower(model_config(args), topology.tower)
         tower.reset_parameters(0)
+        averager = GradientAverager(tower, group, topology.num_pairs) if group is not None else None
         link = PeerExchange(topology.rank, topology.peer, topology.tower)
         optimizer = PaperSGD(tower.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
         images, labels = fixed_batch(args)
-        step = lambda: tower_train_step(tower, link, optimizer, images, labels, None)  # noqa: E731
-        times = timed_steps(step, args.steps, after_warmup=link.stats.take)
+        step = lambda: tower_train_step(tower, link, optimizer, images, labels, None, averager)  # noqa: E731
+
+        def reset_counters() -> None:
+            link.stats.take()
+            if averager is not None:
+                averager.seconds_waited = 0.0
+
+        times = timed_steps(step, args.steps, after_warmup=reset_counters)
         totals = link.stats.take()
     if topology.rank == 0:
         per_point = {f"{p}/{d}": {"seconds": e.seconds, "bytes": e.bytes} for (p, d), e in totals.items()}
-        args.rank_worker.write_text(json.dumps({"times": times, "exchange": per_point}))
+        args.rank_worker.write_text(json.dumps({"times": times, "exchange": per_point,
+                                                "allreduce_wait_seconds": averager.seconds_waited if averager else 0.0}))
 
 
-def run_pair(args: argparse.Namespace, argv: list[str]) -> dict:
+def run_pair(args: argparse.Namespace, argv: list[str], world_size: int = 2) -> dict:
+    """Runs `world_size` rank processes of this benchmark (each pair on the same per-pair batch); rank 0's figures."""
     from socket import socket
 
     with socket() as s:
@@ -102,8 +114,9 @@ def run_pair(args: argparse.Namespace, argv: list[str]) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         result = Path(tmp) / "rank0.json"
         procs = []
-        for rank in (0, 1):
-            env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        for rank in range(world_size):
+            env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_WORLD_SIZE=str(world_size),
+                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
             procs.append(subprocess.Popen([sys.executable, "-m", "alexserve.bench.pair", *argv, "--rank-worker", str(result)], env=env))
         codes = [p.wait(timeout=3600) for p in procs]
         if any(codes):
