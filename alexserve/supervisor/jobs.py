@@ -64,6 +64,7 @@ class JobRecord(BaseModel):
     run_dir: str
     checkpoint_dir: str = Field("", description="Where the workers commit checkpoints (config.train.checkpoints).")
     max_restarts: int
+    num_pairs: int = Field(1, ge=1, description="Tower pairs: the worker group has 2 * num_pairs ranks.")
     restarts: int = Field(0, description="Relaunches after a worker death in the current run (reset by resume).")
     restarts_total: int = Field(0, description="Relaunches over the job's life.")
     attempts: int = Field(0, description="Launches of the worker group.")

@@ -19,7 +19,6 @@ from pathlib import Path
 import alexserve
 
 MARK_ENV = "ALEXSERVE_SUPERVISED_BY"  # set only in the environment of what the supervisor starts: leftovers can be found
-NPROC_PER_NODE = 2
 
 
 def free_tcp_port() -> int:
@@ -31,14 +30,15 @@ def free_tcp_port() -> int:
 WORKER_MODULE = "alexserve.worker"
 
 
-def torchrun_args(config_path: Path, rdzv_port: int, worker_module: str = WORKER_MODULE) -> list[str]:
+def torchrun_args(config_path: Path, rdzv_port: int, worker_module: str = WORKER_MODULE, nproc_per_node: int = 2) -> list[str]:
     return [
-        f"--nproc_per_node={NPROC_PER_NODE}", "--max-restarts=0", "--rdzv-backend=c10d",
+        f"--nproc_per_node={nproc_per_node}", "--max-restarts=0", "--rdzv-backend=c10d",
         f"--rdzv-endpoint=127.0.0.1:{rdzv_port}", "-m", worker_module, "--config", str(config_path), "--resume",
     ]
 
 
-def launch_worker_group(config_path: Path, log_path: Path, env: dict[str, str], worker_module: str = WORKER_MODULE) -> subprocess.Popen:
+def launch_worker_group(config_path: Path, log_path: Path, env: dict[str, str], worker_module: str = WORKER_MODULE,
+                        nproc_per_node: int = 2) -> subprocess.Popen:
     """torchrun (through the die-with-parent launcher) in a new session, output appended to `log_path`."""
     full_env = dict(os.environ)
     full_env.update(env)
@@ -47,7 +47,7 @@ def launch_worker_group(config_path: Path, log_path: Path, env: dict[str, str], 
     full_env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, full_env.get("PYTHONPATH", "")) if p)
     full_env["ALEXSERVE_SUPERVISOR_PID"] = str(os.getpid())
     full_env.setdefault("PYTHONUNBUFFERED", "1")
-    argv = [sys.executable, "-m", "alexserve.supervisor.launcher", *torchrun_args(config_path, free_tcp_port(), worker_module)]
+    argv = [sys.executable, "-m", "alexserve.supervisor.launcher", *torchrun_args(config_path, free_tcp_port(), worker_module, nproc_per_node)]
     with open(log_path, "ab") as log:
         log.write(f"[alexserve supervisor] {time.strftime('%Y-%m-%d %H:%M:%S')} launch: torchrun "
                   f"{' '.join(argv[3:])}\n".encode())
@@ -110,11 +110,12 @@ def kill_tree(proc: subprocess.Popen, wait_seconds: float = 10.0) -> int | None:
         return None
 
 
-def marked_processes(state_dir: Path) -> list[int]:
-    """Processes (not this one) whose environment says a supervisor of `state_dir` started them."""
+def marked_processes(state_dir: Path, job_id: str | None = None) -> list[int]:
+    """Processes (not this one) whose environment says a supervisor of `state_dir` started them (for `job_id`)."""
     if not os.path.isdir("/proc"):
         return []
     mark = f"{MARK_ENV}={Path(state_dir).resolve()}".encode()
+    job_mark = f"ALEXSERVE_JOB_ID={job_id}".encode() if job_id is not None else None
     found = []
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
@@ -124,17 +125,34 @@ def marked_processes(state_dir: Path) -> list[int]:
                 environ = f.read()
         except OSError:
             continue
-        if mark in environ.split(b"\0"):
+        variables = environ.split(b"\0")
+        if mark in variables and (job_mark is None or job_mark in variables):
             found.append(int(entry.name))
     return found
 
 
-def kill_leftovers(state_dir: Path) -> list[int]:
-    """SIGKILLs the worker processes a previous supervisor of `state_dir` left behind; returns their pids."""
-    pids = marked_processes(state_dir)
+def kill_leftovers(state_dir: Path, job_id: str | None = None) -> list[int]:
+    """SIGKILLs the processes a supervisor of `state_dir` started (for `job_id`, or all); returns their pids."""
+    pids = marked_processes(state_dir, job_id)
     for pid in pids:
         _signal(pid, signal.SIGSTOP)
-    pids = list(dict.fromkeys(pids + marked_processes(state_dir)))
+    pids = list(dict.fromkeys(pids + marked_processes(state_dir, job_id)))
     for pid in pids:
         _signal(pid, signal.SIGKILL)
     return pids
+
+
+def kill_job_processes(state_dir: Path, job_id: str) -> list[int]:
+    """After a group's torchrun exited: SIGKILLs any of that job's processes still alive (zombies aside)."""
+    alive = []
+    for pid in marked_processes(state_dir, job_id):
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                stat = f.read().decode(errors="replace")
+        except OSError:
+            continue
+        if stat[stat.rfind(")") + 2:].split()[:1] != ["Z"]:
+            alive.append(pid)
+    for pid in alive:
+        _signal(pid, signal.SIGKILL)
+    return alive

@@ -16,7 +16,7 @@ relaunches them from their newest checkpoint within the restart budget, and
 launches queued jobs. /metrics and /healthz are served from a daemon thread
 that only reads the registry.
 
-Each job's worker group is `torchrun --nproc_per_node=2 --max-restarts=0 ...
+Each job's worker group is `torchrun --nproc_per_node=2*num_pairs --max-restarts=0 ...
 -m alexserve.worker --config JOB/config.json --resume` in a session of its own;
 cancel and shutdown kill the whole process tree, and a new supervisor kills
 whatever a crashed one left behind, so no orphan workers remain.
@@ -306,7 +306,7 @@ class Supervisor:
         self.store.job_dir(job_id).mkdir(parents=True, exist_ok=False)
         self.store.write_config(job_id, config.model_dump(mode="json"))
         job = JobRecord(id=job_id, name=spec.name, spec=request.spec, run_dir=str(run_dir),
-                        checkpoint_dir=str(config.train.checkpoints), max_restarts=spec.max_restarts,
+                        checkpoint_dir=str(config.train.checkpoints), max_restarts=spec.max_restarts, num_pairs=spec.num_pairs,
                         reason="waiting for a free slot")
         self.store.save(job)
         self.jobs[job_id] = job
@@ -471,10 +471,11 @@ class Supervisor:
 
     def handle_report(self, report: Message) -> None:
         job = self.jobs.get(report.job_id)
-        rt = self.runtime.get(report.job_id)
-        if job is None or rt is None or isinstance(report, Hello):
+        if job is None or isinstance(report, Hello):
             self.metrics.reports_rejected.labels(reason="unknown_job").inc()
             return
+        # A group's last reports can arrive after its exit was reaped: they still count.
+        rt = self.runtime.get(report.job_id) or JobRuntime()
         if isinstance(report, StepReport):
             self.metrics.on_step(report)
             rt.rank_steps[report.rank] = report.step
@@ -537,7 +538,7 @@ class Supervisor:
             env[ENV_TOKEN] = self.options.token
         try:
             rt.proc = process.launch_worker_group(self.store.config_path(job.id), self.store.log_path(job.id), env,
-                                                  self.options.worker_module)
+                                                  self.options.worker_module, nproc_per_node=2 * job.num_pairs)
         except OSError as err:
             self.runtime.pop(job.id, None)
             self._finish(job, JobState.FAILED, f"could not launch torchrun: {err}")
@@ -561,6 +562,10 @@ class Supervisor:
         log(f"{job.id} launched: torchrun pid {rt.proc.pid}, attempt {job.attempts}")
 
     def _on_exit(self, job: JobRecord, rt: JobRuntime, code: int) -> None:
+        self._drain_reports()  # the group's final reports (last steps, StateEvent stopped) before deciding
+        stray = process.kill_job_processes(self.store.state_dir, job.id)  # workers torchrun failed to take down
+        if stray:
+            log(f"{job.id}: killed {len(stray)} worker process(es) that outlived torchrun: {stray}")
         rt.proc = None
         rt.identity = None
         job.exit_code = code

@@ -34,6 +34,7 @@ class JobSpec(StrictModel):
     max_restarts: int = Field(2, ge=0, le=100, description="Relaunches (from the newest complete checkpoint) after a worker dies, before the job fails.")
     run_dir: Path | None = Field(None, description="History and checkpoints (run_dir/checkpoints); replaces config.train.run_dir. "
                                                    "None: config.train.run_dir when set in the spec, else the job's folder in the state dir.")
+    num_pairs: int = Field(1, ge=1, le=32, description="Tower pairs (data parallel) on this node: torchrun starts 2 * num_pairs workers.")
     config: JobConfig = Field(description="The training job (model, data, optim, train, dist); `{}` is the paper's full run.")
 
 
