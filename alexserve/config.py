@@ -220,7 +220,7 @@ def format_validation_error(err: ValidationError, origin: str) -> str:
     return "\n".join(lines)
 
 
-def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     keys = dotted.split(".")
     node = tree
     for key in keys[:-1]:
@@ -244,7 +244,7 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
 def build_config(base: dict[str, Any], overrides: list[str] = (), origin: str = "config") -> JobConfig:
     tree = json.loads(json.dumps(base, default=str))  # deep copy, paths as strings
     for key, value in parse_overrides(list(overrides)):
-        _set_dotted(tree, key, value)
+        set_dotted(tree, key, value)
     try:
         return JobConfig.model_validate(tree)
     except ValidationError as err:

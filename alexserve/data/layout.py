@@ -15,9 +15,9 @@ The loaders read only train/, val/, classes.json and stats.npz.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
+from alexserve.durable import write_atomically
 
 STATS_FILE = "stats.npz"
 CLASSES_FILE = "classes.json"
@@ -81,15 +81,5 @@ def list_prepared_split(split_dir: Path, classes: list[ClassInfo]) -> list[Label
     return files
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary name then rename: an interrupted write never leaves a torn file under the real name."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
+    write_atomically(path, text.encode())

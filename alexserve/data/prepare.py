@@ -45,11 +45,11 @@ from alexserve.data.layout import (
     STATS_FILE,
     ClassInfo,
     DatasetError,
-    atomic_write_bytes,
     atomic_write_text,
     write_class_index,
 )
 from alexserve.data.stats import StatsAccumulator
+from alexserve.durable import write_atomically
 
 
 @dataclass(frozen=True)
@@ -168,7 +168,7 @@ def convert_one(task: Task, scale_size: int, quality: int) -> dict:
         buf = io.BytesIO()
         out.save(buf, "JPEG", quality=quality)
         Path(task.dst).parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(Path(task.dst), buf.getvalue())
+        write_atomically(Path(task.dst), buf.getvalue(), sync_dir=False)
         record["status"] = "converted" if loaded.conversions else "ok"
         if loaded.conversions:
             record["reason"] = "; ".join(loaded.conversions)

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from alexserve.data.layout import DatasetError, atomic_write_bytes
+from alexserve.data.layout import DatasetError
+from alexserve.durable import write_atomically
 
 PIXEL_SCALE = 255.0
 
@@ -49,7 +50,7 @@ class DatasetStats:
             num_images=np.int64(self.num_images),
             scale_size=np.int64(self.scale_size),
         )
-        atomic_write_bytes(path, buf.getvalue())
+        write_atomically(path, buf.getvalue())
 
     @classmethod
     def load(cls, path: Path) -> "DatasetStats":

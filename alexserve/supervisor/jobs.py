@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
+from alexserve.durable import write_atomically
 
 
 class JobState(str, Enum):
@@ -86,25 +87,6 @@ class JobRecord(BaseModel):
             "id": self.id, "name": self.name, "state": self.state.value, "step": self.step, "epoch": self.epoch,
             "restarts": self.restarts_total, "reason": self.reason, "created_at": self.created_at,
         }
-
-
-def fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Readers see the old file or the new one, never a torn one, even after a crash."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
 
 
 class JobStore:

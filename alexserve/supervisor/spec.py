@@ -19,7 +19,15 @@ from typing import Any
 
 from pydantic import Field, ValidationError
 
-from alexserve.config import ConfigError, JobConfig, StrictModel, format_validation_error, parse_overrides, read_config_file
+from alexserve.config import (
+    ConfigError,
+    JobConfig,
+    StrictModel,
+    format_validation_error,
+    parse_overrides,
+    read_config_file,
+    set_dotted,
+)
 
 
 class SpecError(ConfigError):
@@ -38,22 +46,15 @@ class JobSpec(StrictModel):
     config: JobConfig = Field(description="The training job (model, data, optim, train, dist); `{}` is the paper's full run.")
 
 
-def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
-    node = tree
-    keys = dotted.split(".")
-    for key in keys[:-1]:
-        node = node.setdefault(key, {})
-        if not isinstance(node, dict):
-            raise SpecError(f"override {dotted!r}: {key!r} is not a section")
-    node[keys[-1]] = value
-
-
 def spec_from_tree(tree: Any, origin: str = "job spec", overrides: list[str] = ()) -> JobSpec:
     """Validates a parsed spec; `overrides` are `config.train.max_steps=10`-style strings."""
     if not isinstance(tree, dict):
         raise SpecError(f"{origin}: the top level must be a mapping, got {type(tree).__name__}")
-    for key, value in parse_overrides(list(overrides)):
-        set_dotted(tree, key, value)
+    try:
+        for key, value in parse_overrides(list(overrides)):
+            set_dotted(tree, key, value)
+    except ConfigError as err:
+        raise SpecError(str(err)) from None
     try:
         return JobSpec.model_validate(tree)
     except ValidationError as err:

@@ -67,6 +67,7 @@ from typing import Any, BinaryIO, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
+from alexserve.durable import fsync_dir
 
 FORMAT_VERSION = 1
 MARKER = "COMMITTED"
@@ -103,15 +104,6 @@ def step_dir_name(step: int) -> str:
 # ---------------------------------------------------------------- durable files
 
 
-def _fsync_dir(directory: Path) -> None:
-    """Makes renames and new entries in `directory` durable (a file's own fsync does not cover its name)."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class _HashingWriter:
     """A write-only file wrapper that counts and hashes what `torch.save` streams through it."""
 
@@ -142,7 +134,7 @@ def _write_file_atomically(path: Path, write: Callable[[BinaryIO], None]) -> tup
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return writer.size, writer.sha256.hexdigest()
 
 
@@ -224,7 +216,7 @@ class CheckpointStore:
         """Creates the store and staging folders, fsyncing the parent of any new store folder so it survives a power loss."""
         if not self.directory.exists():
             self.directory.mkdir(parents=True, exist_ok=True)
-            _fsync_dir(self.directory.parent)
+            fsync_dir(self.directory.parent)
         staging.mkdir(parents=True, exist_ok=True)
 
     def commit(self, step: int, shared: dict[str, Any], config: dict[str, Any]) -> CheckpointRef:
@@ -283,15 +275,15 @@ class CheckpointStore:
             # delete in place: a crash mid-delete must not leave a torn visible folder.
             self._to_trash(final)
         os.replace(staging, final)
-        _fsync_dir(self.directory)
-        _fsync_dir(staging.parent)
+        fsync_dir(self.directory)
+        fsync_dir(staging.parent)
         return final
 
     def _to_trash(self, path: Path) -> None:
         trash = self.directory / TRASH
         trash.mkdir(exist_ok=True)
         os.replace(path, trash / f"{path.name}-{uuid.uuid4().hex[:8]}")
-        _fsync_dir(self.directory)
+        fsync_dir(self.directory)
 
     def _clean_up(self, committed_step: int) -> None:
         """Deletes stale staging folders and abandoned or surplus checkpoints, then empties the trash.

@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from alexserve.durable import fsync_dir, write_atomically
 
 HISTORY_FILE = "history.jsonl"
 PLOT_FILE = "history.png"
@@ -62,14 +63,6 @@ class EpochRecord:
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class History:
     """Appends `EpochRecord`s to `run_dir/history.jsonl` (rank 0 only)."""
 
@@ -90,7 +83,7 @@ class History:
         finally:
             os.close(fd)
         if created:
-            _fsync_dir(self.run_dir)  # the new directory entry must survive a power loss too
+            fsync_dir(self.run_dir)  # the new directory entry must survive a power loss too
 
     def records(self) -> list[EpochRecord]:
         return read_history(self.run_dir)
@@ -103,7 +96,7 @@ class History:
         """
         kept = [r for r in _read_records(self.path) if r.epoch <= last_epoch]
         text = "".join(r.to_json() + "\n" for r in kept)
-        _write_atomically(self.path, text.encode())
+        write_atomically(self.path, text.encode())
 
 
 def _cut_torn_tail(path: Path) -> None:
@@ -153,16 +146,6 @@ def read_history(run_dir: Path) -> list[EpochRecord]:
     for record in _read_records(Path(run_dir) / HISTORY_FILE):
         by_epoch[record.epoch] = record
     return [by_epoch[e] for e in sorted(by_epoch)]
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 def _series(records: list[EpochRecord], field: str) -> tuple[list[int], list[float]]:

@@ -1,0 +1,37 @@
+"""Files that survive crashes: written whole under a temporary name, fsynced, renamed.
+
+Readers see the old file or the new one, never a torn one, even after SIGKILL;
+the directory fsync makes the rename itself survive a power loss.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def fsync_dir(directory: Path) -> None:
+    """Makes renames and new entries in `directory` durable (a file's own fsync does not cover its name)."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomically(path: Path, data: bytes, sync_dir: bool = True) -> None:
+    """`sync_dir=False` skips the directory fsync: for bulk output (thousands of images) whose
+    completion is recorded elsewhere, where a rename lost to a power cut only means redoing a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if sync_dir:
+        fsync_dir(path.parent)
