@@ -19,7 +19,7 @@ import torch
 
 from alexserve.data.augment import SampleParams, TrainPlan, center_offset, ten_crop_offsets
 from alexserve.data.layout import LabeledFile
-from alexserve.data.prefetch import prefetch
+from alexserve.data.prefetch import PrefetchSlot
 from alexserve.data.source import EvalMode, EvalSource, TrainSource
 from alexserve.data.stats import DatasetStats
 
@@ -113,10 +113,9 @@ class DaliTrainSource(TrainSource):
         _require_dali()
         self._files, self._plan, self._size = files, plan, input_size
         self._scale = plan.stats.scale_size
-        self._device, self._dtype, self._depth = device, dtype, prefetch_batches
+        self._device, self._dtype = device, dtype
         self.steps_per_epoch = plan.steps_per_epoch
-        self.wait_seconds_total = 0.0
-        self._active: Iterator | None = None
+        self._prefetch = PrefetchSlot(prefetch_batches)
         gpu = device.type == "cuda"
 
         @pipeline_def(**_pipeline_kwargs(plan.batch_size, num_threads, device, plan.seed))
@@ -132,8 +131,9 @@ class DaliTrainSource(TrainSource):
         self._pipe = train_pipeline()
         self._pipe.build()
 
-    def _add_wait(self, seconds: float) -> None:
-        self.wait_seconds_total += seconds
+    @property
+    def wait_seconds_total(self) -> float:
+        return self._prefetch.wait_seconds_total
 
     def _run(self, p: SampleParams) -> tuple[torch.Tensor, torch.Tensor]:
         pipe, s, n = self._pipe, self._scale, self._size
@@ -147,19 +147,12 @@ class DaliTrainSource(TrainSource):
         return _to_torch(images, self._device, self._dtype), labels
 
     def batches(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        self._stop_active()
+        # One pipeline, one epoch at a time: starting an epoch ends the previous iteration's thread.
         steps = self._plan.step_params(epoch, start_step)
-        self._active = prefetch((self._run(p) for p in steps), self._depth, self._add_wait)
-        return self._active
-
-    def _stop_active(self) -> None:
-        # One pipeline, one epoch at a time: a new batches() call ends the previous iteration's thread.
-        if self._active is not None:
-            self._active.close()
-            self._active = None
+        return self._prefetch.start(self._run(p) for p in steps)
 
     def close(self) -> None:
-        self._stop_active()
+        self._prefetch.stop()
         self._pipe = None
 
 
@@ -178,11 +171,14 @@ class DaliEvalSource(EvalSource):
     ):
         _require_dali()
         self._files, self._stats, self._size, self._batch = files, stats, input_size, batch_size
-        self._threads, self._depth, self._device, self._dtype = num_threads, prefetch_batches, device, dtype
+        self._threads, self._device, self._dtype = num_threads, device, dtype
         self.num_images = len(files)
-        self.wait_seconds_total = 0.0
         self._pipes: dict[str, object] = {}
-        self._active: Iterator | None = None
+        self._prefetch = PrefetchSlot(prefetch_batches)
+
+    @property
+    def wait_seconds_total(self) -> float:
+        return self._prefetch.wait_seconds_total
 
     def _pipeline(self, mode: EvalMode):
         if mode not in ("center", "ten_crop"):
@@ -214,20 +210,13 @@ class DaliEvalSource(EvalSource):
         return _to_torch(images, self._device, self._dtype), labels
 
     def batches(self, mode: EvalMode) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        if self._active is not None:
-            self._active.close()
+        self._prefetch.stop()
         pipe = self._pipeline(mode)
         starts = range(0, self.num_images, self._batch)
-        self._active = prefetch((self._run(pipe, i) for i in starts), self._depth, self._add_wait)
-        return self._active
-
-    def _add_wait(self, seconds: float) -> None:
-        self.wait_seconds_total += seconds
+        return self._prefetch.start(self._run(pipe, i) for i in starts)
 
     def close(self) -> None:
-        if self._active is not None:
-            self._active.close()
-            self._active = None
+        self._prefetch.stop()
         self._pipes.clear()
 
 

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from alexserve.data.augment import TrainPlan, center_offset, ten_crop_offsets
 from alexserve.data.layout import LabeledFile
-from alexserve.data.prefetch import prefetch
+from alexserve.data.prefetch import PrefetchSlot
 from alexserve.data.source import EvalMode, EvalSource, TrainSource
 from alexserve.data.stats import DatasetStats
 
@@ -77,11 +77,14 @@ class PilTrainSource(TrainSource):
         self, files: list[LabeledFile], plan: TrainPlan, *, input_size: int, num_workers: int, prefetch_batches: int, device, dtype
     ):
         self._files, self._plan, self._size = files, plan, input_size
-        self._workers, self._depth, self._device, self._dtype = num_workers, prefetch_batches, device, dtype
+        self._workers, self._device, self._dtype = num_workers, device, dtype
         self._dataset = _TrainSamples(plan.stats.mean_image, input_size)
         self.steps_per_epoch = plan.steps_per_epoch
-        self.wait_seconds_total = 0.0
-        self._active: Iterator | None = None
+        self._prefetch = PrefetchSlot(prefetch_batches)
+
+    @property
+    def wait_seconds_total(self) -> float:
+        return self._prefetch.wait_seconds_total
 
     def _specs(self, epoch: int, start_step: int) -> list[list[tuple]]:
         batches = []
@@ -99,17 +102,10 @@ class PilTrainSource(TrainSource):
             yield images.to(self._device, self._dtype), labels.to(self._device)
 
     def batches(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        self.close()
-        self._active = prefetch(self._produce(self._specs(epoch, start_step)), self._depth, self._add_wait)
-        return self._active
-
-    def _add_wait(self, seconds: float) -> None:
-        self.wait_seconds_total += seconds
+        return self._prefetch.start(self._produce(self._specs(epoch, start_step)))
 
     def close(self) -> None:
-        if self._active is not None:
-            self._active.close()
-            self._active = None
+        self._prefetch.stop()
 
 
 class PilEvalSource(EvalSource):
@@ -117,10 +113,13 @@ class PilEvalSource(EvalSource):
         self, files: list[LabeledFile], stats: DatasetStats, *, batch_size: int, input_size: int, num_workers: int, prefetch_batches: int, device, dtype
     ):
         self._files, self._stats, self._size, self._batch = files, stats, input_size, batch_size
-        self._workers, self._depth, self._device, self._dtype = num_workers, prefetch_batches, device, dtype
+        self._workers, self._device, self._dtype = num_workers, device, dtype
         self.num_images = len(files)
-        self.wait_seconds_total = 0.0
-        self._active: Iterator | None = None
+        self._prefetch = PrefetchSlot(prefetch_batches)
+
+    @property
+    def wait_seconds_total(self) -> float:
+        return self._prefetch.wait_seconds_total
 
     def _produce(self, mode: EvalMode):
         dataset = _EvalSamples(self._files, self._stats.mean_image, self._size, mode)
@@ -131,14 +130,7 @@ class PilEvalSource(EvalSource):
     def batches(self, mode: EvalMode) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if mode not in ("center", "ten_crop"):
             raise ValueError(f"eval mode must be 'center' or 'ten_crop', got {mode!r}")
-        self.close()
-        self._active = prefetch(self._produce(mode), self._depth, self._add_wait)
-        return self._active
-
-    def _add_wait(self, seconds: float) -> None:
-        self.wait_seconds_total += seconds
+        return self._prefetch.start(self._produce(mode))
 
     def close(self) -> None:
-        if self._active is not None:
-            self._active.close()
-            self._active = None
+        self._prefetch.stop()

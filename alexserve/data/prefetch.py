@@ -67,3 +67,29 @@ def prefetch(items: Iterable[Any], depth: int, on_wait: Callable[[float], None])
                 q.get_nowait()
             except queue.Empty:
                 thread.join(timeout=0.05)
+
+
+class PrefetchSlot:
+    """A source's one in-flight prefetching iterator, and the seconds its consumer has waited.
+
+    Starting a new iteration ends the previous one's thread first: a source serves
+    one epoch (or one evaluation pass) at a time.
+    """
+
+    def __init__(self, depth: int):
+        self.depth = depth
+        self.wait_seconds_total = 0.0
+        self._active: Iterator[Any] | None = None
+
+    def _add_wait(self, seconds: float) -> None:
+        self.wait_seconds_total += seconds
+
+    def start(self, items: Iterable[Any]) -> Iterator[Any]:
+        self.stop()
+        self._active = prefetch(items, self.depth, self._add_wait)
+        return self._active
+
+    def stop(self) -> None:
+        if self._active is not None:
+            self._active.close()
+            self._active = None

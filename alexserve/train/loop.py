@@ -39,19 +39,6 @@ class TrainOutcome:
     final_eval: dict[str, EvalResult] = field(default_factory=dict)
 
 
-@dataclass
-class EpochTotals:
-    started: float = field(default_factory=time.perf_counter)
-    images: int = 0
-    loss_sum: float = 0.0
-    top1_errors: int = 0
-
-    def add(self, loss: float, top1_errors: int, images: int) -> None:
-        self.images += images
-        self.loss_sum += loss * images
-        self.top1_errors += top1_errors
-
-
 class TowerTrainer:
     def __init__(
         self,
@@ -138,7 +125,7 @@ class TowerTrainer:
         """Runs the rest of the current epoch: 'epoch_done', 'max_steps' or 'stopped'."""
         cfg, pos = self.job.train, self.position
         steps_per_epoch = self.train_source.steps_per_epoch
-        meter, totals = IntervalMeter(), EpochTotals()
+        meter, totals = IntervalMeter(), IntervalMeter()
         wait_mark = self.train_source.wait_seconds_total
         self.exchange.stats.take()  # evaluation's exchanges are not training's
         self.tower.train()
@@ -153,7 +140,7 @@ class TowerTrainer:
             pos.step_in_epoch += 1
             now = time.perf_counter()
             meter.add_step(result.loss, result.top1_errors, result.images, now - step_started)
-            totals.add(result.loss, result.top1_errors, result.images)
+            totals.add_step(result.loss, result.top1_errors, result.images, now - step_started)
             step_started = now
             epoch_done = pos.step_in_epoch == steps_per_epoch
             out_of_steps = cfg.max_steps is not None and pos.global_step >= cfg.max_steps
@@ -192,7 +179,7 @@ class TowerTrainer:
                 train_top1_error=totals.top1_errors / max(totals.images, 1),
                 val_top1_error=results["center"].top1_error, val_top5_error=results["center"].top5_error,
                 val_top1_error_10crop=ten.top1_error if ten else None, val_top5_error_10crop=ten.top5_error if ten else None,
-                lr=lr_used, epoch_seconds=time.perf_counter() - totals.started,
+                lr=lr_used, epoch_seconds=totals.elapsed,
             ))
             plot(self.job.train.run_dir)
         pos.epoch, pos.step_in_epoch = epoch + 1, 0
@@ -207,7 +194,7 @@ class TowerTrainer:
         self.say(f"training: {self.topology.describe()}; {self.train_source.steps_per_epoch} steps/epoch of "
                  f"{cfg.batch_size} images; from epoch {pos.epoch + 1} step {pos.step_in_epoch} (global step {pos.global_step})")
         self.reporter.state("running", pos.global_step)
-        self.epoch_totals = EpochTotals()
+        self.epoch_totals = IntervalMeter()
         while pos.epoch < cfg.num_epochs and (cfg.max_steps is None or pos.global_step < cfg.max_steps):
             ended = self.train_epoch()
             if ended == "stopped":

@@ -1,4 +1,4 @@
-"""Counters for one reporting interval, and the progress line built from them."""
+"""Counters for a stretch of steps (a reporting interval, or a whole epoch), and the progress line built from them."""
 
 from __future__ import annotations
 
