@@ -7,7 +7,9 @@ Both loaders read the same prepared 256x256 JPEGs, follow the same plan (same
 files, crops, flips, lighting) and produce the same float32 NCHW batches on the CPU
 with the same number of workers (DALI threads vs DataLoader processes). It prints
 images/s per loader (mean and spread over --repeats epochs, after one warm-up
-epoch) and the DALI/PIL ratio; --out saves the configuration and results as JSON.
+epoch) and the DALI/PIL ratio, then trains the grouped model for a few steps on
+the DALI loader and prints the share of step time spent waiting for data;
+--out saves the configuration and results as JSON.
 
 `measure_throughput(source)` is the reusable part: images/s and wait time of any
 TrainSource, e.g. inside a training loop's benchmark.
@@ -86,7 +88,40 @@ def run(args) -> dict:
         )
     ratio = results["dali"]["images_per_second_mean"] / results["pil"]["images_per_second_mean"]
     print(f"DALI CPU / PIL DataLoader: {ratio:.2f}x")
-    return {"ratio_dali_over_pil": ratio, "results": results}
+    training = training_wait(args)
+    print(f"training on the DALI loader (grouped model, width {args.train_width}, {training['steps']} steps): "
+          f"{training['step_seconds_mean'] * 1e3:.0f} ms/step, waiting for data {training['wait_fraction']:.1%} of step time")
+    return {"ratio_dali_over_pil": ratio, "results": results, "training": training}
+
+
+def training_wait(args) -> dict:
+    """Share of step time a CPU training run spends waiting for the DALI loader (the rest is the model's)."""
+    from alexserve.data.factory import build_train_source
+    from alexserve.model import AlexNetGrouped
+    from alexserve.train.optimizer import PaperSGD
+    from alexserve.train.step import grouped_train_step
+
+    job = _job(args.data, "dali", args)
+    job.model = job.model.model_copy(update={"width": args.train_width})
+    model = AlexNetGrouped.from_seed(job.model, 0)
+    optimizer = PaperSGD.from_config(model.parameters(), job.optim)
+    source = build_train_source(job, device=torch.device("cpu"))
+    steps, began, wait0 = 0, None, 0.0
+    try:
+        for images, labels in source.batches(0):
+            if steps == 1:  # the first step includes the pipeline's start-up
+                began, wait0 = time.perf_counter(), source.wait_seconds_total
+            grouped_train_step(model, optimizer, images, labels, None)
+            steps += 1
+            if steps > args.train_steps:
+                break
+        if steps < 2:
+            raise SystemExit(f"the prepared set has {source.steps_per_epoch} batch(es) per epoch: too few to time training")
+        elapsed = time.perf_counter() - began
+        waited = source.wait_seconds_total - wait0
+    finally:
+        source.close()
+    return {"steps": steps - 1, "step_seconds_mean": elapsed / (steps - 1), "wait_fraction": waited / elapsed}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=None, help="batches per measured epoch (default: whole epoch)")
     parser.add_argument("--repeats", type=int, default=3, help="measured epochs per loader (default 3)")
     parser.add_argument("--synth-images", type=int, default=1280, help="training images when synthesising (default 1280)")
+    parser.add_argument("--train-width", type=float, default=0.25, help="width of the model trained to measure data wait")
+    parser.add_argument("--train-steps", type=int, default=8, help="training steps for the data-wait measurement")
     parser.add_argument("--out", type=Path, help="write configuration and results here as JSON")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="alexserve-bench-") as tmp:
