@@ -106,5 +106,31 @@ def data_parallel_step(topology, out: Path) -> None:
 SCENARIOS["data_parallel_step"] = data_parallel_step
 
 
+def barrier_after_peer_exit(topology, out: Path) -> None:
+    """Rank 1 leaves; rank 0's checkpoint barrier must fail with a PeerLostError naming what it was doing."""
+    import os
+
+    from alexserve.config import JobConfig
+    from alexserve.parallel.exchange import PeerLostError
+    from alexserve.train.checkpointing import Position, RunCheckpointer, open_store
+    from alexserve.train.schedule import PlateauSchedule
+
+    tower, _ = build(topology)
+    if topology.rank == 1:
+        os._exit(0)
+    job = JobConfig.model_validate({"model": parity_model_config().model_dump(mode="json"), "train": {"run_dir": str(out)}})
+    optimizer = PaperSGD(tower.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    try:
+        RunCheckpointer(job, topology, open_store(job)).save(tower, optimizer, PlateauSchedule(job.optim), Position(0, 1, 1))
+        message = "no error"
+    except PeerLostError as err:
+        message = str(err)
+    (out / "rank0.txt").write_text(message)
+    os._exit(0)  # the group is broken: skip the polite teardown
+
+
+SCENARIOS["barrier_after_peer_exit"] = barrier_after_peer_exit
+
+
 if __name__ == "__main__":
     main()

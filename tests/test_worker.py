@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import REPO, start_ranks, wait_all
+from conftest import REPO, run_scenario, start_ranks, wait_all
 
 SMALL = ["--set", "data.source=generated", "--set", "model.width=0.125", "--set", "model.input_size=64", "--set", "data.generated_train_images=256",
          "--set", "data.generated_val_images=64", "--set", "train.batch_size=32"]
@@ -70,3 +70,11 @@ def test_bad_config_is_reported_with_file_and_field(tmp_path):
     for code, _, err in wait_all(procs, timeout=60):
         assert code == 2
         assert str(bad) in err and "model.num_classes" in err and "train.batch_size" in err
+
+
+def test_peer_lost_in_a_checkpoint_barrier_is_named(tmp_path):
+    run_scenario("barrier_after_peer_exit", tmp_path, timeout=60)
+    message = (tmp_path / "rank0.txt").read_text()
+    assert message.startswith("rank 0 lost a peer during the checkpoint barrier at step 1"), message
+    # The half-written checkpoint stays invisible.
+    assert not list((tmp_path / "checkpoints").glob("step-*"))

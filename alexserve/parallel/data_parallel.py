@@ -14,9 +14,12 @@ graph), which keeps the collectives matched.
 
 from __future__ import annotations
 
+import time
+
 import torch
 import torch.distributed as dist
 
+from alexserve.parallel.exchange import peers_required
 from alexserve.parallel.topology import Topology
 
 
@@ -43,11 +46,10 @@ class GradientAverager:
 
     def wait(self) -> None:
         """Blocks until every gradient of this step is averaged; call between backward and the optimizer step."""
-        import time
-
         began = time.perf_counter()
-        for _, work in self.pending:
-            work.wait()
+        with peers_required(dist.get_rank(), "the data-parallel gradient all-reduce"):
+            for _, work in self.pending:
+                work.wait()
         self.pending.clear()
         self.seconds_waited += time.perf_counter() - began
 

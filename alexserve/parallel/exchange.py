@@ -21,8 +21,10 @@ is exactly its share of the full gradient (no double counting).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -34,6 +36,19 @@ DIRECTIONS = ("forward", "backward")
 
 class PeerLostError(RuntimeError):
     """The peer tower stopped answering (died, or silent past the timeout) during an exchange."""
+
+
+def _first_line(err: BaseException) -> str:
+    return str(err).splitlines()[0] if str(err) else type(err).__name__
+
+
+@contextlib.contextmanager
+def peers_required(rank: int, what: str) -> Iterator[None]:
+    """Turns a collective's failure (a rank died or went silent past the timeout) into PeerLostError."""
+    try:
+        yield
+    except RuntimeError as err:  # gloo/NCCL errors (DistBackendError included) subclass RuntimeError
+        raise PeerLostError(f"rank {rank} lost a peer during {what}: {_first_line(err)}") from err
 
 
 @dataclass
@@ -97,7 +112,7 @@ class PeerExchange:
         except RuntimeError as err:  # gloo/NCCL errors (DistBackendError included) subclass RuntimeError
             raise PeerLostError(
                 f"tower {self.tower} (rank {self.rank}) lost its peer, rank {self.peer}, "
-                f"at exchange point '{point}' ({direction}): {str(err).splitlines()[0] if str(err) else type(err).__name__}"
+                f"at exchange point '{point}' ({direction}): {_first_line(err)}"
             ) from err
         self.stats.add(point, direction, time.perf_counter() - start, local.numel() * local.element_size() + received.numel() * received.element_size())
         return received

@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 
 from alexserve.config import JobConfig
+from alexserve.parallel.exchange import peers_required
 from alexserve.parallel.topology import Topology
 from alexserve.train.checkpoint import CheckpointError, CheckpointRef, CheckpointStore, capture_rng_state, restore_rng_state
 from alexserve.train.schedule import PlateauSchedule
@@ -52,7 +53,8 @@ class RunCheckpointer:
         if self.topology.pair == 0:
             payload = {"model": tower.state_dict(), "optimizer": optimizer.state_dict(), "rng": capture_rng_state()}
             self.store.write_shard(step, shard_name(self.topology.tower), payload)
-        dist.barrier()
+        with peers_required(self.topology.rank, f"the checkpoint barrier at step {step}"):
+            dist.barrier()
         if not self.topology.is_primary:
             return None
         shared = {"epoch": position.epoch, "step_in_epoch": position.step_in_epoch, "global_step": step,
@@ -75,7 +77,8 @@ class RunCheckpointer:
         if self.topology.is_primary:
             ref = self._choose()
             chosen.fill_(ref.step if ref is not None else -1)
-        dist.broadcast(chosen, src=0)
+        with peers_required(self.topology.rank, "the choice of checkpoint to resume"):
+            dist.broadcast(chosen, src=0)
         step = int(chosen.item())
         if step < 0:
             return None

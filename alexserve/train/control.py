@@ -14,6 +14,8 @@ import time
 import torch
 import torch.distributed as dist
 
+from alexserve.parallel.exchange import peers_required
+
 PAUSE_POLL_SECONDS = 0.2
 
 
@@ -40,7 +42,8 @@ class CommandSync:
     def _poll(self) -> Action:
         command = self.link.poll_command() if self.is_primary else None
         self.buffer.fill_(_BY_KIND[command.kind] if command is not None else Action.NONE)
-        dist.broadcast(self.buffer, src=0)
+        with peers_required(dist.get_rank(), "the broadcast of supervisor commands"):
+            dist.broadcast(self.buffer, src=0)
         return Action(int(self.buffer.item()))
 
     def next_action(self) -> Action:
