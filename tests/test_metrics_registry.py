@@ -126,3 +126,13 @@ def test_http_endpoint_serves_metrics_and_health_and_checks_the_token():
         assert err.value.code == 404
     finally:
         server.close()
+
+
+def test_images_are_counted_per_pair_and_once_per_pair_in_total():
+    metrics = SupervisorMetrics()
+    for rank in range(4):  # two pairs, both towers of each report the same images
+        metrics.on_step(step_report(rank, pair=rank // 2, images=64))
+    values = samples(metrics)
+    assert values[("alexserve_train_images_total", ())] == 128
+    assert values[("alexserve_pair_train_images_total", (("pair", "0"),))] == 64
+    assert values[("alexserve_pair_train_images_total", (("pair", "1"),))] == 64

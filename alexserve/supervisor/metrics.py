@@ -58,6 +58,8 @@ class SupervisorMetrics:
                          "torch_version": _package_version("torch")})
 
         self.images = Counter("alexserve_train_images", "Images trained on (counted once per tower pair).", registry=r)
+        self.pair_images = Counter("alexserve_pair_train_images", "Images trained on by each tower pair (data parallel).",
+                                   ["pair"], registry=r)
         self.steps = Counter("alexserve_train_steps", "Optimizer steps done (counted on global rank 0).", registry=r)
         self.step_seconds = Histogram("alexserve_train_step_duration_seconds", "Duration of one training step.",
                                       ["rank"], buckets=STEP_SECONDS_BUCKETS, registry=r)
@@ -83,6 +85,7 @@ class SupervisorMetrics:
 
         for rank in RANKS:
             self._create_rank_series(rank)
+        self.pair_images.labels(pair="0")
         for crop in CROPS:
             self.top1.labels(crop=crop)
             self.top5.labels(crop=crop)
@@ -107,6 +110,7 @@ class SupervisorMetrics:
         rank = str(report.rank)
         if report.tower == 0:  # both towers of a pair see the same images
             self.images.inc(report.images)
+            self.pair_images.labels(pair=str(report.pair)).inc(report.images)
         if report.rank == 0:
             self.steps.inc(report.steps)
             self.loss.set(report.loss)
@@ -138,7 +142,7 @@ class SupervisorMetrics:
 
 
 METRIC_NAMES = (
-    "alexserve_build_info", "alexserve_train_images_total", "alexserve_train_steps_total",
+    "alexserve_build_info", "alexserve_train_images_total", "alexserve_pair_train_images_total", "alexserve_train_steps_total",
     "alexserve_train_step_duration_seconds", "alexserve_train_data_wait_seconds_total", "alexserve_exchange_seconds_total",
     "alexserve_exchange_bytes_total", "alexserve_train_loss", "alexserve_train_learning_rate", "alexserve_train_epoch",
     "alexserve_validation_top1_error_ratio", "alexserve_validation_top5_error_ratio", "alexserve_device_memory_bytes",
