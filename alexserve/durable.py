@@ -7,7 +7,10 @@ the directory fsync makes the rename itself survive a power loss.
 from __future__ import annotations
 
 import os
+import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 
 def fsync_dir(directory: Path) -> None:
@@ -19,14 +22,17 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def write_atomically(path: Path, data: bytes, sync_dir: bool = True) -> None:
-    """`sync_dir=False` skips the directory fsync: for bulk output (thousands of images) whose
-    completion is recorded elsewhere, where a rename lost to a power cut only means redoing a file."""
+def write_through(path: Path, write: Callable[[BinaryIO], None], sync_dir: bool = True) -> None:
+    """Calls `write(file)` on a temporary file beside `path`, fsyncs it, renames it onto `path`.
+
+    `sync_dir=False` skips the directory fsync: for bulk output (thousands of images) whose
+    completion is recorded elsewhere, where a rename lost to a power cut only means redoing a file.
+    """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
         with open(tmp, "wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -35,3 +41,7 @@ def write_atomically(path: Path, data: bytes, sync_dir: bool = True) -> None:
         raise
     if sync_dir:
         fsync_dir(path.parent)
+
+
+def write_atomically(path: Path, data: bytes, sync_dir: bool = True) -> None:
+    write_through(path, lambda f: f.write(data), sync_dir)

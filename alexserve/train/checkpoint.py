@@ -67,7 +67,7 @@ from typing import Any, BinaryIO, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
-from alexserve.durable import fsync_dir
+from alexserve.durable import fsync_dir, write_through
 
 FORMAT_VERSION = 1
 MARKER = "COMMITTED"
@@ -123,19 +123,14 @@ class _HashingWriter:
 
 def _write_file_atomically(path: Path, write: Callable[[BinaryIO], None]) -> tuple[int, str]:
     """Writes through `write` to a temporary name, fsyncs, renames onto `path`; returns (size, sha256)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
-        with open(tmp, "wb") as f:
-            writer = _HashingWriter(f)
-            write(writer)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-    return writer.size, writer.sha256.hexdigest()
+    writers: list[_HashingWriter] = []
+
+    def hashed(file: BinaryIO) -> None:
+        writers.append(_HashingWriter(file))
+        write(writers[0])
+
+    write_through(path, hashed)
+    return writers[0].size, writers[0].sha256.hexdigest()
 
 
 def _write_json_atomically(path: Path, data: dict[str, Any]) -> tuple[int, str]:
