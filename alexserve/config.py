@@ -26,7 +26,7 @@ class ConfigError(ValueError):
 class StrictModel(BaseModel):
     """Unknown fields are errors: a typo must not silently fall back to a default."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 def conv_output_size(size: int, kernel: int, stride: int, padding: int) -> int:

@@ -31,7 +31,6 @@ import torch
 import torch.distributed as dist
 
 LOSS_POINT = "logits"
-DIRECTIONS = ("forward", "backward")
 
 
 class PeerLostError(RuntimeError):
@@ -74,9 +73,6 @@ class ExchangeStats:
         entry.seconds += seconds
         entry.bytes += nbytes
         entry.count += 1
-
-    def seconds(self) -> float:
-        return sum(e.seconds for e in self.totals.values())
 
     def take(self) -> dict[tuple[str, str], ExchangeTotals]:
         """The totals so far, resetting them."""

@@ -14,7 +14,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-import torch
 
 from alexserve.config import JobConfig
 from alexserve.data.source import EvalSource, TrainSource
@@ -26,6 +25,7 @@ from alexserve.train.checkpointing import Position, RunCheckpointer
 from alexserve.train.control import Action, CommandSync
 from alexserve.train.evaluation import EvalResult, evaluate
 from alexserve.train.history import EpochRecord, History, plot
+from alexserve.train.optimizer import PaperSGD
 from alexserve.train.progress import IntervalMeter
 from alexserve.train.reporting import Reporter
 from alexserve.train.schedule import PlateauSchedule
@@ -46,7 +46,7 @@ class TowerTrainer:
         topology: Topology,
         tower: AlexNetTower,
         exchange: PeerExchange,
-        optimizer: torch.optim.Optimizer,
+        optimizer: PaperSGD,
         schedule: PlateauSchedule,
         train_source: TrainSource,
         eval_source: EvalSource,
@@ -66,17 +66,13 @@ class TowerTrainer:
         self.averager = averager  # data_parallel.GradientAverager with several pairs, else None
         self.log = log or (lambda line: print(line, file=sys.stderr, flush=True))
         self.last_eval: dict[str, EvalResult] = {}
-        self.optimizer_lr(schedule.lr)
+        self.optimizer.set_lr(schedule.lr)
 
     # ---- small pieces
 
     def say(self, line: str) -> None:
         if self.topology.is_primary:
             self.log(line)
-
-    def optimizer_lr(self, lr: float) -> None:
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
 
     @property
     def learning_rate(self) -> float:
@@ -169,7 +165,7 @@ class TowerTrainer:
         self.say(f"epoch {epoch + 1} done: {self.describe_eval(results)}")
         self.reporter.evaluation(epoch, pos.global_step, results)
         lr_used = self.learning_rate
-        self.optimizer_lr(self.schedule.step(results["center"].top1_error))
+        self.optimizer.set_lr(self.schedule.step(results["center"].top1_error))
         if self.learning_rate != lr_used:
             self.say(f"validation error stopped improving: learning rate {lr_used:g} -> {self.learning_rate:g}")
         if self.history is not None:
@@ -194,7 +190,6 @@ class TowerTrainer:
         self.say(f"training: {self.topology.describe()}; {self.train_source.steps_per_epoch} steps/epoch of "
                  f"{cfg.batch_size} images; from epoch {pos.epoch + 1} step {pos.step_in_epoch} (global step {pos.global_step})")
         self.reporter.state("running", pos.global_step)
-        self.epoch_totals = IntervalMeter()
         while pos.epoch < cfg.num_epochs and (cfg.max_steps is None or pos.global_step < cfg.max_steps):
             ended = self.train_epoch()
             if ended == "stopped":
