@@ -13,6 +13,7 @@ import sys
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("alexserve.worker", "run one tower of a training job (normally started by torchrun)"),
     "synth": ("alexserve.data.synth", "generate a learnable ImageNet-like JPEG dataset"),
+    "digits": ("alexserve.data.digits", "write scikit-learn's handwritten digits as a JPEG class-folder tree"),
     "prepare": ("alexserve.data.prepare", "rescale/crop an ImageNet-style tree once and compute mean image and PCA"),
     "export": ("alexserve.train.export", "write a checkpoint as one single-process model file"),
     "eval": ("alexserve.train.evaluate", "top-1/top-5 error of a checkpoint on a prepared val tree"),

@@ -33,10 +33,25 @@ def conv_output_size(size: int, kernel: int, stride: int, padding: int) -> int:
     return (size + 2 * padding - kernel) // stride + 1
 
 
+PAPER_BIAS_ONE_LAYERS = ("conv2", "conv4", "conv5", "fc6", "fc7")
+PAPER_INPUT_SIZE = 224
+PAPER_SCALE_SIZE = 256
+# Below paper size the learning rate ramps up linearly over this many epochs (see OptimConfig.warmup_epochs).
+REDUCED_NET_WARMUP_EPOCHS = 1.0
+
+
+def paper_scale_size(input_size: int) -> int:
+    """The stored image side for a crop of `input_size`, at the paper's 256:224 ratio."""
+    return round(input_size * PAPER_SCALE_SIZE / PAPER_INPUT_SIZE)
+
+
 class ModelConfig(StrictModel):
     """The network of the paper's figure 2, split into two towers."""
 
-    num_classes: int = Field(1000, ge=2, description="Classes of the softmax (fc8 outputs, split across the towers).")
+    num_classes: int | None = Field(
+        None, ge=2, description="Classes of the softmax (fc8 outputs, split across the towers); None: the prepared tree's classes.json "
+        "(generated data: 10)."
+    )
     width: float = Field(1.0, gt=0.0, le=4.0, description="Multiplier on every layer's kernel and neuron count; 1.0 is the paper.")
     input_size: int = Field(224, ge=1, description="Side of the square input crop (224 in the paper; 227 with conv1_padding 0 is Caffe's choice).")
     conv1_padding: int = Field(2, ge=0, le=5, description="Zero padding of conv1; 2 makes a 224 input give 55x55 like the paper's 227-equivalent.")
@@ -49,22 +64,75 @@ class ModelConfig(StrictModel):
     pool_kernel: int = Field(3, ge=1, description="Max-pool window z (paper: 3, overlapping).")
     pool_stride: int = Field(2, ge=1, description="Max-pool stride s (paper: 2).")
     lrn_size: int = Field(5, ge=1, description="LRN neighbourhood n in channels (paper: 5).")
-    lrn_alpha: float = Field(1e-4, ge=0.0, description="LRN alpha as in the paper's formula (not divided by n).")
+    lrn_alpha: float = Field(1e-4, ge=0.0, description="LRN alpha as printed in the paper (1e-4).")
+    lrn_alpha_convention: Literal["authors_code", "printed"] = Field(
+        "authors_code",
+        description="'authors_code': k + (alpha/n) * sum a^2, as cuda-convnet (layer.py: scale /= size) and Caffe compute it, "
+        "the network behind the paper's results; 'printed': k + alpha * sum a^2, the formula as the paper prints it.",
+    )
     lrn_beta: float = Field(0.75, ge=0.0, description="LRN beta (paper: 0.75).")
     lrn_k: float = Field(2.0, ge=0.0, description="LRN k (paper: 2).")
     dropout: float = Field(0.5, ge=0.0, lt=1.0, description="Dropout probability on fc6 and fc7 outputs (paper: 0.5).")
-    init_scheme: Literal["paper", "he"] = Field(
-        "paper",
-        description="'paper': weights ~ N(0, init_weight_std^2). 'he': N(0, 2/fan_in) (fc8: 1/fan_in), a departure for "
-        "reduced-width nets, where the paper's fixed std leaves the signal too small to train in a short run.",
-    )
-    he_input_std: float = Field(
-        60.0, gt=0.0, description="With init_scheme 'he': the std of the centred input pixels conv1 sees (0..255 RGB: about 60)."
+    init_scheme: Literal["auto", "paper", "he"] = Field(
+        "auto",
+        description="'paper': weights ~ N(0, init_weight_std^2). 'he': N(0, 2/fan_in) (fc8: 1/fan_in), a departure for nets "
+        "below the paper's size, where a fixed std 0.01 leaves the signal too small to learn. 'auto': paper at paper size "
+        "(see `paper_sized`), he below.",
     )
     init_weight_std: float = Field(0.01, gt=0.0, description="Weights start from N(0, std^2) with init_scheme 'paper' (paper: std 0.01).")
-    init_bias_one_layers: tuple[str, ...] = Field(
-        ("conv2", "conv4", "conv5", "fc6", "fc7"), description="Layers whose biases start at 1; the others start at 0."
+    init_bias_one_layers: tuple[str, ...] | None = Field(
+        None,
+        description="Layers whose biases start at 1; the others start at 0. None: the paper's conv2, conv4, conv5, fc6, fc7 at "
+        "paper size, none below (a bias of 1 before a ReLU swamps the small signal of a narrow net).",
     )
+    input_scaling: Literal["auto", "raw", "unit"] = Field(
+        "auto",
+        description="'raw': conv1 sees the centred 0..255 pixels, as in the paper. 'unit': they are divided by the training "
+        "set's pixel std first (`pixel_std`), so the first layer's scale does not depend on the data's contrast. 'auto': raw "
+        "at paper size, unit below.",
+    )
+    pixel_std: float | None = Field(
+        None, gt=0.0, description="Std of the centred training pixels (0..255 units), measured from the data at start; "
+        "not set by hand."
+    )
+
+    @property
+    def paper_sized(self) -> bool:
+        """Full width on the paper's input: every 'auto' choice is then the paper's own."""
+        return self.width == 1.0 and self.input_size >= PAPER_INPUT_SIZE
+
+    @property
+    def init_scheme_used(self) -> str:
+        if self.init_scheme != "auto":
+            return self.init_scheme
+        return "paper" if self.paper_sized else "he"
+
+    @property
+    def bias_one_layers_used(self) -> tuple[str, ...]:
+        if self.init_bias_one_layers is not None:
+            return self.init_bias_one_layers
+        return PAPER_BIAS_ONE_LAYERS if self.paper_sized else ()
+
+    @property
+    def input_scaling_used(self) -> str:
+        if self.input_scaling != "auto":
+            return self.input_scaling
+        return "raw" if self.paper_sized else "unit"
+
+    @property
+    def input_divisor(self) -> float:
+        """What the centred pixels are divided by before conv1 (1.0: raw pixels)."""
+        if self.input_scaling_used == "raw":
+            return 1.0
+        if self.pixel_std is None:
+            raise ValueError("model.pixel_std is not measured yet: resolve the job against its data first (alexserve.train.recipe)")
+        return self.pixel_std
+
+    @property
+    def classes(self) -> int:
+        if self.num_classes is None:
+            raise ValueError("model.num_classes is not set: resolve the job against its data first (alexserve.train.recipe)")
+        return self.num_classes
 
     @property
     def conv_channels(self) -> tuple[int, ...]:
@@ -78,8 +146,8 @@ class ModelConfig(StrictModel):
     @property
     def classes_per_tower(self) -> tuple[int, int]:
         """fc8 split: tower 0 holds the first ceil(n/2) classes, tower 1 the rest."""
-        first = self.num_classes - self.num_classes // 2
-        return first, self.num_classes - first
+        first = self.classes - self.classes // 2
+        return first, self.classes - first
 
     def spatial_sizes(self) -> dict[str, int]:
         """Side of each layer's output map, for the configured input."""
@@ -113,7 +181,7 @@ class ModelConfig(StrictModel):
         if self.lrn_size % 2 == 0:
             raise ValueError(f"lrn_size must be odd so the window is centred, got {self.lrn_size}")
         known = {"conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8"}
-        unknown = set(self.init_bias_one_layers) - known
+        unknown = set(self.init_bias_one_layers or ()) - known
         if unknown:
             raise ValueError(f"init_bias_one_layers names unknown layers {sorted(unknown)}; known: {sorted(known)}")
         return self
@@ -133,7 +201,10 @@ class DataConfig(StrictModel):
     loader: Literal["dali", "pil"] = Field("dali", description="'dali' (the paper's path on NVIDIA DALI) or 'pil' (PIL + torch DataLoader peer).")
     num_workers: int = Field(2, ge=0, description="Decode/augment threads (DALI) or processes (PIL) per rank.")
     prefetch_batches: int = Field(2, ge=1, description="Batches prepared ahead of the one training.")
-    scale_size: int = Field(256, ge=1, description="Shorter side after rescale and side of the central square kept (paper: 256).")
+    scale_size: int | None = Field(
+        None, ge=1, description="Shorter side after rescale and side of the central square kept (paper: 256); None: the prepared "
+        "tree's (stats.npz), or the paper's 256:224 ratio to model.input_size for generated data."
+    )
     flip_probability: float = Field(0.5, ge=0.0, le=1.0, description="Chance of a horizontal reflection (paper: 0.5).")
     pca_lighting_std: float = Field(0.1, ge=0.0, description="Std of the per-image, per-component PCA lighting coefficient (paper: 0.1).")
     generated_train_images: int = Field(2048, ge=1, description="Images in the generated training set.")
@@ -153,7 +224,17 @@ class OptimConfig(StrictModel):
     momentum: float = Field(0.9, ge=0.0, lt=1.0, description="Momentum (paper: 0.9).")
     weight_decay: float = Field(5e-4, ge=0.0, description="Weight decay (paper: 0.0005), applied as in the paper's update rule.")
     lr_divisor: float = Field(10.0, gt=1.0, description="The learning rate is divided by this when validation error plateaus (paper: 10).")
-    plateau_patience: int = Field(1, ge=1, description="Epochs without a better validation error before the learning rate drops.")
+    plateau_patience: int = Field(
+        3, ge=1, description="Epochs in a row without a real improvement of the validation error before the learning rate drops."
+    )
+    plateau_min_relative_improvement: float = Field(
+        0.02, ge=0.0, lt=1.0, description="An epoch improves only if its validation error is below best * (1 - this): "
+        "a lower error by a hair (one or two images of noise) does not reset the patience."
+    )
+    warmup_epochs: float | None = Field(
+        None, ge=0.0, description="The learning rate ramps up linearly from 0 over this many epochs. None: 0 at paper size, "
+        f"{REDUCED_NET_WARMUP_EPOCHS:g} below (a departure: a He-initialised narrow net takes steps too large at first)."
+    )
     max_lr_reductions: int = Field(3, ge=0, description="Reductions before training stops (paper: three).")
 
 
@@ -171,6 +252,11 @@ class TrainConfig(StrictModel):
     checkpoint_every_steps: int | None = Field(None, ge=1, description="Also checkpoint every this many steps (every epoch end always).")
     keep_last_checkpoints: int = Field(3, ge=1, description="Committed checkpoints kept; older ones are deleted.")
     ten_crop_every_epochs: int = Field(1, ge=1, description="Evaluate ten crops every this many epochs (centre crop: every epoch).")
+    divergence_loss_factor: float = Field(
+        10.0, gt=1.0, allow_inf_nan=False,
+        description="Training stops as diverged (exit code 4, no checkpoint) at a step whose loss is over this many times "
+        "the start: max(ln(num_classes), the first step's loss). A loss that is not finite always stops it.",
+    )
 
     @property
     def checkpoints(self) -> Path:
@@ -194,20 +280,24 @@ class JobConfig(StrictModel):
     train: TrainConfig = Field(default_factory=TrainConfig)
     dist: DistConfig = Field(default_factory=DistConfig)
 
+    @property
+    def warmup_epochs_used(self) -> float:
+        if self.optim.warmup_epochs is not None:
+            return self.optim.warmup_epochs
+        return 0.0 if self.model.paper_sized else REDUCED_NET_WARMUP_EPOCHS
+
 
 def demo_config() -> JobConfig:
     """The embedded default: small, learnable, about a minute on two CPU cores.
 
-    It trains on an `alexserve synth` dataset, prepared at the paper's 256:224 ratio
-    for a 64-pixel crop, which the worker makes on first use (data/demo_data.py).
-    Departs from the paper where a reduced-width net needs it (README, "Departures"):
-    He init and learning rate 0.002, since the paper's N(0, 0.01) does not leave its
-    initial plateau within a short run at width 0.25.
+    It trains on a 10-class `alexserve synth` dataset, prepared at the paper's 256:224
+    ratio for a 64-pixel crop, which the worker makes on first use (data/demo_data.py).
+    It sets only what a user sets (data, width, input size, batch, epochs): what a
+    quarter-width net needs beyond the paper is chosen by the 'auto' fields.
     """
     return JobConfig(
-        model=ModelConfig(num_classes=10, width=0.25, input_size=64, conv1_padding=2, init_scheme="he"),
-        data=DataConfig(source="folder", train_dir=Path("runs/demo/data/train"), scale_size=73),
-        optim=OptimConfig(learning_rate=0.002),
+        model=ModelConfig(width=0.25, input_size=64),
+        data=DataConfig(source="folder", train_dir=Path("runs/demo/data/train")),
         train=TrainConfig(batch_size=64, num_epochs=4, log_every_steps=8, run_dir=Path("runs/demo")),
     )
 

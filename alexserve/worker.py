@@ -7,7 +7,8 @@
 
 Rank r runs tower r % 2 of pair r // 2 and exchanges activations with rank r ^ 1.
 Exit codes: 0 done (or stopped on request, after a checkpoint), 2 bad config, data,
-checkpoint or launch environment, 3 peer lost, 1 anything else.
+checkpoint or launch environment, 3 peer lost, 4 training diverged (a non-finite or
+runaway loss: stopped at that step, no checkpoint after it), 1 anything else.
 
 `--resume` (implied when torchrun restarts the group) continues from the newest
 complete checkpoint in `train.checkpoint_dir` (default `run_dir/checkpoints`).
@@ -36,14 +37,17 @@ from alexserve.supervisor.worker_link import WorkerLink
 from alexserve.train.checkpoint import CheckpointError
 from alexserve.train.checkpointing import RunCheckpointer, open_store
 from alexserve.train.control import CommandSync
+from alexserve.train.divergence import TrainingDiverged
 from alexserve.train.history import History
 from alexserve.train.loop import TowerTrainer
 from alexserve.train.optimizer import PaperSGD
 from alexserve.train.reporting import Reporter
+from alexserve.train.recipe import resolve_job
 from alexserve.train.schedule import PlateauSchedule
 
 EXIT_CONFIG = 2
 EXIT_PEER_LOST = 3
+EXIT_DIVERGED = 4  # its own code: restarting would only diverge again (the supervisor does not relaunch it)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -70,7 +74,17 @@ def resume_requested(args: argparse.Namespace) -> bool:
     return args.resume or int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
 
 
+def announce_departures(departures: list[str]) -> None:
+    if departures:
+        print("departures from the paper for this job (README, \"Departures\"):\n" + "\n".join(f"  - {line}" for line in departures),
+              file=sys.stderr, flush=True)
+
+
 def run(job: JobConfig, topology: Topology, resume: bool, link) -> int:
+    resolved = resolve_job(job)
+    job = resolved.job
+    if topology.is_primary:
+        announce_departures(resolved.departures)
     # Two ranks share the machine's cores; oversubscribing them makes both slower.
     if topology.device.type == "cpu":
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", topology.world_size))
@@ -122,17 +136,21 @@ def main(argv: list[str] | None = None) -> int:
     except PeerLostError as err:
         report_error(link, f"{prefix} error: {err}")
         return EXIT_PEER_LOST
+    except TrainingDiverged as err:
+        report_error(link, f"{prefix} {err}", reason="diverged")
+        return EXIT_DIVERGED
     finally:
         if link is not None:
             link.close()
 
 
-def report_error(link, message: str) -> None:
+def report_error(link, message: str, reason: str = "error") -> None:
+    """Prints `message` and sends it to the supervisor; `reason` ('error' or 'diverged') lets it tell them apart."""
     print(message, file=sys.stderr, flush=True)
     if link is not None:
         from alexserve.supervisor.messages import ErrorEvent
 
-        link.send(ErrorEvent(job_id=link.job_id, rank=link.rank, message=message))
+        link.send(ErrorEvent(job_id=link.job_id, rank=link.rank, message=message, reason=reason))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import torch
 
 from alexserve.config import ConfigError, ModelConfig, build_config
 from alexserve.model import AlexNetGrouped, AlexNetTower, join_tower_states, split_grouped_state
-from alexserve.model.lrn import paper_lrn
+from alexserve.model.lrn import PaperLRN
 
 PAPER_PARAMETERS = 60_965_224
 
@@ -17,14 +17,14 @@ def count(module: torch.nn.Module) -> int:
 
 
 def test_parameter_count_is_the_papers():
-    cfg = ModelConfig()
+    cfg = ModelConfig(num_classes=1000)
     assert count(AlexNetTower(cfg, 0)) + count(AlexNetTower(cfg, 1)) == PAPER_PARAMETERS
     assert count(AlexNetGrouped(cfg)) == PAPER_PARAMETERS
 
 
 @pytest.mark.parametrize("input_size,padding", [(224, 2), (227, 0)])
 def test_every_layer_output_shape_matches_the_paper(input_size, padding):
-    cfg = ModelConfig(input_size=input_size, conv1_padding=padding)
+    cfg = ModelConfig(num_classes=1000, input_size=input_size, conv1_padding=padding)
     model = AlexNetGrouped(cfg).eval()
     shapes = {}
     for name in ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8"):
@@ -43,30 +43,44 @@ def test_every_layer_output_shape_matches_the_paper(input_size, padding):
 
 
 def test_tower_holds_half_of_every_layer():
-    tower = AlexNetTower(ModelConfig(), 1)
+    tower = AlexNetTower(ModelConfig(num_classes=1000), 1)
     assert [getattr(tower, f"conv{i}").out_channels for i in range(1, 6)] == [48, 128, 192, 192, 128]
     assert (tower.conv3.in_channels, tower.fc6.in_features, tower.fc7.in_features, tower.fc8.in_features) == (256, 9216, 4096, 4096)
     assert (tower.fc6.out_features, tower.fc7.out_features, tower.fc8.out_features) == (2048, 2048, 500)
 
 
-def test_lrn_is_the_papers_formula_not_torchs():
-    torch.manual_seed(0)
-    a = torch.randn(2, 11, 4, 4, dtype=torch.float64) * 30
-    k, n, alpha, beta = 2.0, 5, 1e-4, 0.75
+def reference_lrn(a: torch.Tensor, n: int, coefficient: float, beta: float, k: float) -> torch.Tensor:
+    """b[i] = a[i] / (k + coefficient * sum of a[j]^2 over the n channels around i) ** beta, by loops."""
     expected = torch.empty_like(a)
     channels = a.shape[1]
     for i in range(channels):
         lo, hi = max(0, i - n // 2), min(channels - 1, i + n // 2)
-        expected[:, i] = a[:, i] / (k + alpha * (a[:, lo : hi + 1] ** 2).sum(dim=1)) ** beta
-    torch.testing.assert_close(paper_lrn(a, n, alpha, beta, k), expected, rtol=1e-12, atol=0)
+        expected[:, i] = a[:, i] / (k + coefficient * (a[:, lo : hi + 1] ** 2).sum(dim=1)) ** beta
+    return expected
+
+
+@pytest.mark.parametrize("convention, coefficient", [("authors_code", 1e-4 / 5), ("printed", 1e-4)])
+def test_lrn_follows_the_chosen_reading_of_alpha(convention, coefficient):
+    """The authors' code divides alpha by n (the default); the printed formula does not."""
+    torch.manual_seed(0)
+    a = torch.randn(2, 11, 4, 4, dtype=torch.float64) * 300
+    cfg = ModelConfig(lrn_alpha_convention=convention)
+    expected = reference_lrn(a, 5, coefficient, 0.75, 2.0)
+    torch.testing.assert_close(PaperLRN(cfg)(a), expected, rtol=1e-12, atol=0)
     # Grouped: the window never crosses into the other tower's maps.
     two = torch.cat([a, a * 3], dim=1)
-    grouped = paper_lrn(two, n, alpha, beta, k, groups=2)
-    torch.testing.assert_close(grouped[:, :channels], expected, rtol=1e-12, atol=0)
+    grouped = PaperLRN(cfg, groups=2)(two)
+    torch.testing.assert_close(grouped[:, :11], expected, rtol=1e-12, atol=0)
+    torch.testing.assert_close(grouped[:, 11:], reference_lrn(a * 3, 5, coefficient, 0.75, 2.0), rtol=1e-12, atol=0)
+
+
+def test_default_lrn_is_torchs_local_response_norm_with_the_papers_constants():
+    a = torch.randn(2, 8, 3, 3, dtype=torch.float64) * 300
+    torch.testing.assert_close(PaperLRN(ModelConfig())(a), torch.nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0)(a))
 
 
 def test_initialisation_follows_the_paper():
-    cfg = ModelConfig()
+    cfg = ModelConfig(num_classes=1000)
     model = AlexNetGrouped.from_seed(cfg, seed=0)
     for name in ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8"):
         layer = getattr(model, name)
@@ -77,7 +91,7 @@ def test_initialisation_follows_the_paper():
 
 
 def test_grouped_and_tower_layouts_round_trip():
-    cfg = ModelConfig(width=0.25, num_classes=9, input_size=99)
+    cfg = ModelConfig(width=0.25, num_classes=9, input_size=99, pixel_std=50.0)
     grouped = AlexNetGrouped.from_seed(cfg, seed=5)
     towers = split_grouped_state(cfg, grouped.state_dict())
     for t, state in enumerate(towers):

@@ -17,7 +17,8 @@ def _run(schedule: PlateauSchedule, errors: list[float]) -> list[tuple[float, bo
 
 
 def test_paper_defaults_divide_by_ten_on_each_plateau_then_stop():
-    schedule = PlateauSchedule(OptimConfig())  # lr 0.01, /10, patience 1, three reductions
+    # lr 0.01, /10, three reductions; the strictest reading of "stopped improving" (patience 1, any improvement counts)
+    schedule = PlateauSchedule(OptimConfig(plateau_patience=1, plateau_min_relative_improvement=0.0))
     errors = [0.9, 0.8, 0.8, 0.7, 0.75, 0.6, 0.6, 0.5, 0.5]
     got = _run(schedule, errors)
     expected = [
@@ -38,21 +39,74 @@ def test_paper_defaults_divide_by_ten_on_each_plateau_then_stop():
 
 
 def test_patience_counts_epochs_without_improvement_and_best_survives_reductions():
-    schedule = PlateauSchedule(OptimConfig(learning_rate=1.0, lr_divisor=2.0, plateau_patience=2, max_lr_reductions=5))
+    schedule = PlateauSchedule(OptimConfig(learning_rate=1.0, lr_divisor=2.0, plateau_patience=2, max_lr_reductions=5,
+                                           plateau_min_relative_improvement=0.0))
     # After the drop at epoch 4, 0.45 does not beat the best 0.4, so patience runs out again at epoch 6.
     lrs = [lr for lr, _ in _run(schedule, [0.5, 0.4, 0.41, 0.42, 0.45, 0.45, 0.3])]
     assert lrs == [1.0, 1.0, 1.0, 0.5, 0.5, 0.25, 0.25]
 
 
 def test_zero_reductions_stops_at_the_first_plateau():
-    schedule = PlateauSchedule(OptimConfig(max_lr_reductions=0))
+    schedule = PlateauSchedule(OptimConfig(max_lr_reductions=0, plateau_patience=1))
     assert _run(schedule, [0.5, 0.4, 0.4]) == [(0.01, False), (0.01, False), (0.01, True)]
+
+
+def noisy_errors(trend: list[float], noise: float, seed: int) -> list[float]:
+    """A validation curve as a finite set measures it: the trend plus noise of a few images either way."""
+    rng = torch.Generator().manual_seed(seed)
+    return [max(0.0, t + noise * float(torch.randn((), generator=rng))) for t in trend]
+
+
+def test_default_schedule_does_not_drop_on_noise_while_the_error_still_falls():
+    """Falling 8% a epoch under noise of about 3% (a few images of 360): no reduction, on any of 20 noise draws."""
+    trend = [0.5 * 0.92**epoch for epoch in range(20)]
+    for seed in range(20):
+        errors = noisy_errors([t for t in trend], noise=0.03 * 0.5 * 0.92**10, seed=seed)
+        schedule = PlateauSchedule(OptimConfig())
+        lrs = [lr for lr, _ in _run(schedule, errors)]
+        assert lrs == [0.01] * 20, (seed, errors, lrs)
+
+
+def test_default_schedule_drops_within_patience_once_the_error_is_flat_and_noisy():
+    """A flat curve with noise: the rate is divided three times and training stops, a patience apart at the least."""
+    for seed in range(20):
+        errors = noisy_errors([0.2] * 40, noise=0.004, seed=seed)
+        schedule = PlateauSchedule(OptimConfig())
+        got = _run(schedule, errors)
+        drops = [epoch for epoch in range(1, 40) if got[epoch][0] < got[epoch - 1][0]]
+        assert len(drops) == 3, (seed, got)
+        assert all(b - a >= 3 for a, b in zip([-1, *drops], drops)), drops
+        assert any(stopped for _, stopped in got)
+
+
+def test_one_noisy_epoch_does_not_cost_a_reduction():
+    """The strict rule (patience 1) divides the rate after one bad epoch; the default waits for a real plateau."""
+    errors = [0.50, 0.40, 0.42, 0.33, 0.30, 0.31, 0.25]
+    strict = PlateauSchedule(OptimConfig(plateau_patience=1, plateau_min_relative_improvement=0.0))
+    assert [lr for lr, _ in _run(strict, errors)][2] == pytest.approx(0.001)
+    assert [lr for lr, _ in _run(PlateauSchedule(OptimConfig()), errors)] == [0.01] * 7
+
+
+def test_an_improvement_by_a_hair_does_not_reset_the_patience():
+    """0.2000 -> 0.1995 -> 0.1990 is 'better' each time but less than 2% better: the plateau is still seen."""
+    schedule = PlateauSchedule(OptimConfig())
+    lrs = [lr for lr, _ in _run(schedule, [0.2, 0.1995, 0.1990, 0.1985])]
+    assert lrs == [0.01, 0.01, 0.01, pytest.approx(0.001)]
+    assert schedule.best_error == pytest.approx(0.1985)
+
+
+def test_warmup_ramps_linearly_then_holds():
+    from alexserve.train.schedule import warmup_factor
+
+    assert [warmup_factor(step, 4) for step in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert warmup_factor(0, 0) == 1.0
 
 
 def test_nan_error_counts_as_no_improvement():
     schedule = PlateauSchedule(OptimConfig())
     schedule.step(0.5)
-    assert schedule.step(math.nan) == pytest.approx(0.001)
+    assert [schedule.step(math.nan) for _ in range(3)] == [0.01, 0.01, pytest.approx(0.001)]
+    assert schedule.best_error == 0.5
 
 
 def test_state_round_trips_through_weights_only_load_and_continues_identically():

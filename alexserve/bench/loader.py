@@ -99,10 +99,12 @@ def training_wait(args) -> dict:
     from alexserve.data.factory import build_train_source
     from alexserve.model import AlexNetGrouped
     from alexserve.train.optimizer import PaperSGD
+    from alexserve.train.recipe import resolve_job
     from alexserve.train.step import grouped_train_step
 
     job = _job(args.data, "dali", args)
     job.model = job.model.model_copy(update={"width": args.train_width})
+    job = resolve_job(job).job
     model = AlexNetGrouped.from_seed(job.model, 0)
     optimizer = PaperSGD.from_config(model.parameters(), job.optim)
     source = build_train_source(job, device=torch.device("cpu"))

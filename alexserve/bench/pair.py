@@ -38,13 +38,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+BATCH_PIXEL_STD = 60.0  # the fixed batch stands for centred 0..255 pixels
+
+
 def model_config(args: argparse.Namespace) -> ModelConfig:
-    return ModelConfig(width=args.width, input_size=args.input_size, num_classes=args.num_classes)
+    return ModelConfig(width=args.width, input_size=args.input_size, num_classes=args.num_classes, pixel_std=BATCH_PIXEL_STD)
 
 
 def fixed_batch(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
-    return (torch.randn(args.batch_size, 3, args.input_size, args.input_size, generator=g) * 60,
+    return (torch.randn(args.batch_size, 3, args.input_size, args.input_size, generator=g) * BATCH_PIXEL_STD,
             torch.randint(0, args.num_classes, (args.batch_size,), generator=g))
 
 

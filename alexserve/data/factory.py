@@ -44,14 +44,14 @@ def open_prepared_tree(job: JobConfig) -> PreparedTree:
     stats_path = Path(data.stats_path) if data.stats_path is not None else root / STATS_FILE
     stats = DatasetStats.load(stats_path)
     classes = read_class_index(root / CLASSES_FILE)
-    if stats.scale_size != data.scale_size:
+    if data.scale_size is not None and stats.scale_size != data.scale_size:
         raise DatasetError(
             f"{stats_path}: prepared at scale_size {stats.scale_size} but data.scale_size is {data.scale_size}; "
             "re-run `alexserve prepare` with this scale or change data.scale_size"
         )
     if job.model.input_size > stats.scale_size:
         raise DatasetError(f"model.input_size {job.model.input_size} is larger than the prepared images ({stats.scale_size})")
-    if len(classes) != job.model.num_classes:
+    if job.model.num_classes is not None and len(classes) != job.model.num_classes:
         raise DatasetError(f"{root / CLASSES_FILE}: {len(classes)} classes but model.num_classes is {job.model.num_classes}")
     val_dir = Path(data.val_dir) if data.val_dir is not None else root / "val"
     return PreparedTree(stats, classes, train_dir, val_dir)

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 
-from alexserve.config import JobConfig
+from alexserve.config import JobConfig, paper_scale_size
 from alexserve.data.source import EvalMode, EvalSource, TrainSource
 
 # Prepared images are centred raw RGB in 0..255 units (the paper trains on those); the
@@ -23,16 +23,20 @@ from alexserve.data.source import EvalMode, EvalSource, TrainSource
 PIXEL_SCALE = 50.0
 
 
+GENERATED_NUM_CLASSES = 10  # when model.num_classes is left unset
+
+
 def stored_size(job: JobConfig) -> int:
-    """Side of a stored image: data.scale_size, like a prepared tree's."""
-    if job.data.scale_size < job.model.input_size:
-        raise ValueError(f"data.scale_size {job.data.scale_size} is smaller than model.input_size {job.model.input_size}")
-    return job.data.scale_size
+    """Side of a stored image: data.scale_size like a prepared tree's, or the paper's 256:224 of the input size."""
+    size = job.data.scale_size or paper_scale_size(job.model.input_size)
+    if size < job.model.input_size:
+        raise ValueError(f"data.scale_size {size} is smaller than model.input_size {job.model.input_size}")
+    return size
 
 
 def generate_images(job: JobConfig, count: int, split_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     size = stored_size(job)
-    classes = job.model.num_classes
+    classes = job.model.num_classes or GENERATED_NUM_CLASSES
     patterns_rng = torch.Generator().manual_seed(job.train.seed * 7919 + 17)  # shared by train and val
     patterns = F.interpolate(torch.randn(classes, 3, 4, 4, generator=patterns_rng), size=(size, size), mode="bicubic", align_corners=False)
     rng = torch.Generator().manual_seed(job.train.seed * 7919 + split_seed)

@@ -10,7 +10,7 @@ line, or one label per line in sorted-file-name order (devkit style; an integer 
 1-based index into `--synsets`, default the sorted train synsets). Class names come
 from SRC/synset_words.txt ("<synset> <name>") or `--class-names`.
 
-Every image is rescaled so its shorter side is `scale_size` (DataConfig.scale_size,
+Every image is rescaled so its shorter side is `scale_size` (`--scale-size`,
 256 in the paper), cut to the central square and written as RGB JPEG (layout in
 `layout.py`). Then the mean image and RGB PCA are computed over the *prepared*
 training pixels (`stats.py`). Inputs that are PNG/CMYK/grayscale are converted;
@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from alexserve.config import ConfigError, DataConfig, load_config
+from alexserve.config import PAPER_SCALE_SIZE, ConfigError, load_config, paper_scale_size
 from alexserve.data.imageops import BadImage, load_rgb, rescale_center_crop
 from alexserve.data.layout import (
     CLASSES_FILE,
@@ -243,7 +243,7 @@ def prepare(
     src: Path,
     dst: Path,
     *,
-    scale_size: int = DataConfig.model_fields["scale_size"].default,
+    scale_size: int = PAPER_SCALE_SIZE,
     workers: int | None = None,
     quality: int = 90,
     val_labels: Path | None = None,
@@ -317,7 +317,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("src", type=Path, help="ImageNet-style tree: SRC/train/<synset>/*, SRC/val/...")
     parser.add_argument("dst", type=Path, help="output tree (created; re-run to finish an interrupted job)")
     parser.add_argument("--config", type=Path, help="job config whose data.scale_size to use")
-    parser.add_argument("--scale-size", type=int, help="shorter side and crop (default: data.scale_size, 256 in the paper)")
+    parser.add_argument("--scale-size", type=int, help="shorter side and crop (default: the config's data.scale_size, or 256:224 of "
+                        "its model.input_size; else 256, the paper's)")
     parser.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     parser.add_argument("--quality", type=int, default=90, help="JPEG quality of the prepared images (default 90)")
     parser.add_argument("--val-labels", type=Path, help="labels file for a flat val/ folder")
@@ -325,7 +326,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--class-names", type=Path, help="'<synset> <name>' per line (default SRC/synset_words.txt)")
     args = parser.parse_args(argv)
     try:
-        scale = args.scale_size or (load_config(args.config).data.scale_size if args.config else DataConfig().scale_size)
+        scale = args.scale_size or PAPER_SCALE_SIZE
+        if args.config and not args.scale_size:
+            job = load_config(args.config)
+            scale = job.data.scale_size or paper_scale_size(job.model.input_size)
         summary = prepare(
             args.src,
             args.dst,

@@ -39,6 +39,17 @@ class DatasetStats:
     num_images: int
     scale_size: int
 
+    def centred_pixel_std(self) -> float:
+        """Std (0..255 units, over channels and positions) of training pixels minus the mean image: what conv1 sees.
+
+        From the stored moments: E[x_c^2] = cov_cc + m_c^2 (m: the mean pixel), and the
+        mean image takes away its own energy, E over positions of mean_image_c^2.
+        """
+        mean_pixel = self.mean_image.reshape(-1, 3).astype(np.float64).mean(axis=0)
+        second_moment = np.diag(self.rgb_covariance) * PIXEL_SCALE**2 + mean_pixel**2
+        mean_image_energy = (self.mean_image.reshape(-1, 3).astype(np.float64) ** 2).mean(axis=0)
+        return float(np.sqrt(max(float((second_moment - mean_image_energy).mean()), 0.0)))
+
     def save(self, path: Path) -> None:
         buf = io.BytesIO()
         np.savez(

@@ -15,6 +15,16 @@ under per-image noise, brightness, phase and hue jitter, at varied sizes and asp
 ratios. The pattern fills the whole image, so any crop of the prepared 256x256 image
 (even 64 px) shows several stripe periods: a small convnet separates ~10 classes to
 a few percent error within minutes of CPU training.
+
+`--variant` keeps those textures (the same seed draws the same ones) and changes
+only their pixel statistics, to check that a training recipe does not depend on
+the statistics of one data set:
+
+    standard      mean ~85, std ~55 per image (the default; its pixels never change)
+    low-contrast  washed out, every value pulled towards the image's mean level: std ~11
+    grayscale     R = G = B = luminance: mean ~83, std ~30 (the classes still differ in stripe angle and period)
+    dark          underexposed, 0.3x the standard values: mean ~25, std ~16
+    bright        overexposed, 0.3x the standard distance to white: mean ~205, std ~16
 """
 
 from __future__ import annotations
@@ -48,8 +58,44 @@ def class_name(class_index: int) -> str:
     return f"stripes hue {hue * 360:.0f} deg, angle {np.degrees(angle):.0f} deg, period {period * 256:.0f}/256"
 
 
-def render(class_index: int, rng: np.random.Generator, min_side: int, max_side: int) -> np.ndarray:
-    """One HxWx3 uint8 image of class `class_index`."""
+# Each variant maps the standard texture (float32 HxWx3 on the 0..255 scale, before
+# clipping) to its own; none draws random numbers, so every variant of a seed shows
+# the same textures. The factor 0.3 keeps the stripes (~60 levels peak to peak in
+# standard) well above JPEG's quantisation at quality 90.
+EXPOSURE = 0.3
+LOW_CONTRAST = 0.2
+LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R BT.601, as PIL's convert("L")
+
+
+def _low_contrast(img: np.ndarray) -> np.ndarray:
+    """Washed out: every value pulled towards the image's mean level, stripes and colour alike."""
+    mean_level = img.mean()
+    return mean_level + (img - mean_level) * LOW_CONTRAST
+
+
+def _grayscale(img: np.ndarray) -> np.ndarray:
+    return np.repeat((img @ LUMA)[..., None], 3, axis=2)
+
+
+VARIANTS = {
+    "standard": lambda img: img,
+    "low-contrast": _low_contrast,
+    "grayscale": _grayscale,
+    "dark": lambda img: img * EXPOSURE,
+    "bright": lambda img: 255 - (255 - img) * EXPOSURE,
+}
+
+
+def render(class_index: int, rng: np.random.Generator, min_side: int, max_side: int, variant: str = "standard") -> np.ndarray:
+    """One HxWx3 uint8 image of class `class_index`, with the pixel statistics of `variant` (see VARIANTS)."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown synth variant {variant!r}; choose from {', '.join(VARIANTS)}")
+    img = VARIANTS[variant](_standard_texture(class_index, rng, min_side, max_side))
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def _standard_texture(class_index: int, rng: np.random.Generator, min_side: int, max_side: int) -> np.ndarray:
+    """The standard image as float32 before clipping; all of the image's random draws happen here."""
     hue, angle, period = class_style(class_index)
     shorter = int(rng.integers(min_side, max_side + 1))
     aspect = float(np.exp(rng.uniform(np.log(0.6), np.log(1.8))))  # width / height, as varied as ImageNet's
@@ -63,7 +109,7 @@ def render(class_index: int, rng: np.random.Generator, min_side: int, max_side: 
     img = dark + (colour - dark) * (0.5 + 0.5 * wave)[..., None]
     img *= rng.uniform(0.8, 1.2)
     img += rng.normal(0, 14, img.shape)
-    return np.clip(img, 0, 255).astype(np.uint8)
+    return img
 
 
 def _save(img: np.ndarray, path: Path, quality: int) -> None:
@@ -82,18 +128,21 @@ def generate(
     max_side: int = 320,
     val_layout: str = "flat",
     quality: int = 90,
+    variant: str = "standard",
 ) -> None:
     """Write the dataset under `dst`; the same arguments always give the same pixels."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown synth variant {variant!r}; choose from {', '.join(VARIANTS)}")
     dst = Path(dst)
     for k in range(num_classes):
         for i in range(train_per_class):
             rng = np.random.default_rng([seed, 0, k, i])
-            _save(render(k, rng, min_side, max_side), dst / "train" / synset_id(k) / f"{synset_id(k)}_{i}.JPEG", quality)
+            _save(render(k, rng, min_side, max_side, variant), dst / "train" / synset_id(k) / f"{synset_id(k)}_{i}.JPEG", quality)
     labels = []
     for k in range(num_classes):
         for i in range(val_per_class):
             rng = np.random.default_rng([seed, 1, k, i])
-            img = render(k, rng, min_side, max_side)
+            img = render(k, rng, min_side, max_side, variant)
             if val_layout == "flat":
                 # ILSVRC numbers val images 1..50000 across classes; interleave classes the same way.
                 name = f"ILSVRC2012_val_{i * num_classes + k + 1:08d}.JPEG"
@@ -117,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-side", type=int, default=320, help="largest shorter side in pixels (default 320)")
     parser.add_argument("--val-layout", choices=("flat", "folders"), default="flat", help="ILSVRC-style flat val + labels file, or class folders")
     parser.add_argument("--quality", type=int, default=90, help="JPEG quality (default 90)")
+    parser.add_argument("--variant", choices=tuple(VARIANTS), default="standard",
+                        help="pixel statistics: the same textures, standard, low-contrast, grayscale, dark or bright (default standard)")
     args = parser.parse_args(argv)
     if args.classes < 1 or args.train_per_class < 1 or args.val_per_class < 0:
         parser.error("--classes and --train-per-class must be >= 1, --val-per-class >= 0")
@@ -134,9 +185,10 @@ def main(argv: list[str] | None = None) -> int:
         max_side=args.max_side,
         val_layout=args.val_layout,
         quality=args.quality,
+        variant=args.variant,
     )
     total = args.classes * (args.train_per_class + args.val_per_class)
-    print(f"synth: wrote {total} images in {args.classes} classes to {args.dst}", file=sys.stderr)
+    print(f"synth: wrote {total} {args.variant} images in {args.classes} classes to {args.dst}", file=sys.stderr)
     return 0
 
 

@@ -34,7 +34,8 @@ class AlexNetGrouped(nn.Module):
         self.conv5 = nn.Conv2d(2 * c4, 2 * c5, k5, padding=k5 // 2, groups=2)
         self.fc6 = nn.Linear(cfg.fc6_inputs, 2 * fc)
         self.fc7 = nn.Linear(2 * fc, 2 * fc)
-        self.fc8 = nn.Linear(2 * fc, cfg.num_classes)
+        self.fc8 = nn.Linear(2 * fc, cfg.classes)
+        self.input_divisor = cfg.input_divisor
         self.lrn = PaperLRN(cfg, groups=2)
         self.pool = nn.MaxPool2d(cfg.pool_kernel, cfg.pool_stride)
 
@@ -57,7 +58,7 @@ class AlexNetGrouped(nn.Module):
         return shared_dropout(h, self.cfg.dropout, dropout_seed, layer, h.shape[1], 0)
 
     def forward(self, images: torch.Tensor, dropout_seed: int | None = None) -> torch.Tensor:
-        h = self.pool(self.lrn(F.relu(self.conv1(images))))
+        h = self.pool(self.lrn(F.relu(self.conv1(images / self.input_divisor))))
         h = self.pool(self.lrn(F.relu(self.conv2(h))))
         h = F.relu(self.conv3(h))
         h = F.relu(self.conv4(h))

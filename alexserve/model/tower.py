@@ -47,6 +47,7 @@ class AlexNetTower(nn.Module):
         self.fc8 = nn.Linear(2 * fc, cfg.classes_per_tower[tower])
         self.lrn = PaperLRN(cfg)
         self.pool = nn.MaxPool2d(cfg.pool_kernel, cfg.pool_stride)
+        self.input_divisor = cfg.input_divisor
 
     def reset_parameters(self, seed: int) -> None:
         init_tower_(self, self.cfg, self.tower, seed)
@@ -62,7 +63,7 @@ class AlexNetTower(nn.Module):
         In training mode dropout needs `dropout_seed` (see model/dropout.py); without one it is off,
         which is what the exactness tests and evaluation use.
         """
-        h = self.pool(self.lrn(F.relu(self.conv1(images))))
+        h = self.pool(self.lrn(F.relu(self.conv1(images / self.input_divisor))))
         h = self.pool(self.lrn(F.relu(self.conv2(h))))
         h = F.relu(self.conv3(exchange("conv3", h)))
         h = F.relu(self.conv4(h))

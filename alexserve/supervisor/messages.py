@@ -13,7 +13,8 @@ Worker -> supervisor, over PUSH/PULL (`ALEXSERVE_REPORT_ADDR`), from every rank:
     EvalReport       validation top-1/top-5 error (centre crop, ten-crop)
     CheckpointEvent  a checkpoint was committed (global rank 0 sends it)
     StateEvent       running / paused / stopped / completed (global rank 0)
-    ErrorEvent       a human-readable failure, sent before a non-zero exit
+    ErrorEvent       a human-readable failure, sent before a non-zero exit; its
+                     `reason` tells a diverged training from any other error
 
 Worker global rank 0 <-> supervisor, over DEALER/ROUTER (`ALEXSERVE_CONTROL_ADDR`):
 
@@ -141,6 +142,9 @@ class ErrorEvent(Message):
     job_id: JobId
     rank: Rank = 0
     message: str = Field(max_length=4000)
+    reason: Literal["error", "diverged"] = Field(
+        "error", description="'diverged': the loss diverged; a relaunch would diverge again, "
+        "so the supervisor fails the job without one.")
 
     @field_validator("message", mode="before")
     @classmethod

@@ -78,6 +78,8 @@ class SupervisorMetrics:
                                    "Device memory allocated by the rank (resident memory on CPU).", ["rank"], registry=r)
         self.jobs = Gauge("alexserve_jobs", "Jobs known to the supervisor, by state.", ["state"], registry=r)
         self.restarts = Counter("alexserve_worker_restarts", "Worker-group relaunches after a worker died.", registry=r)
+        self.divergences = Counter("alexserve_train_divergences",
+                                   "Jobs failed because training diverged (non-finite or runaway loss; not relaunched).", registry=r)
         self.last_checkpoint = Gauge("alexserve_last_checkpoint_timestamp_seconds", "Unix time of the newest committed checkpoint.", registry=r)
         self.control_requests = Counter("alexserve_control_requests", "Control requests answered, by verb and outcome.",
                                         ["verb", "outcome"], registry=r)
@@ -146,7 +148,8 @@ METRIC_NAMES = (
     "alexserve_train_step_duration_seconds", "alexserve_train_data_wait_seconds_total", "alexserve_exchange_seconds_total",
     "alexserve_exchange_bytes_total", "alexserve_train_loss", "alexserve_train_learning_rate", "alexserve_train_epoch",
     "alexserve_validation_top1_error_ratio", "alexserve_validation_top5_error_ratio", "alexserve_device_memory_bytes",
-    "alexserve_jobs", "alexserve_worker_restarts_total", "alexserve_last_checkpoint_timestamp_seconds",
+    "alexserve_jobs", "alexserve_worker_restarts_total", "alexserve_train_divergences_total",
+    "alexserve_last_checkpoint_timestamp_seconds",
     "alexserve_control_requests_total", "alexserve_worker_reports_rejected_total",
 )
 """Every exported metric family's sample name (histograms add _bucket/_sum/_count): the dashboard's vocabulary."""

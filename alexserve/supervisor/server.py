@@ -12,9 +12,10 @@ control socket (REP: one request, one reply), the report socket (PULL: every
 worker rank PUSHes StepReports and events) and the command socket (ROUTER:
 each job's global rank 0 says Hello over a DEALER and receives pause, resume,
 stop and checkpoint_now), then a tick that reaps exited worker groups,
-relaunches them from their newest checkpoint within the restart budget, and
-launches queued jobs. /metrics and /healthz are served from a daemon thread
-that only reads the registry.
+relaunches them from their newest checkpoint within the restart budget (never
+a group whose training diverged: that job fails with the worker's message, and
+alexserve_train_divergences_total counts it), and launches queued jobs.
+/metrics and /healthz are served from a daemon thread that only reads the registry.
 
 Each job's worker group is `torchrun --nproc_per_node=2*num_pairs --max-restarts=0 ...
 -m alexserve.worker --config JOB/config.json --resume` in a session of its own;
@@ -83,6 +84,9 @@ from alexserve.supervisor.worker_link import ENV_CONTROL_ADDR, ENV_JOB_ID, ENV_R
 STATE_DIR_ENV = "ALEXSERVE_STATE_DIR"
 SUPERVISOR_ENV = "ALEXSERVE_SUPERVISOR"  # the control endpoint, shared with `alexserve job`
 POLL_MILLISECONDS = 100
+# alexserve.worker.EXIT_DIVERGED, not imported (that would load torch here). torchrun itself exits 1 whatever
+# its workers' codes, so divergence is known from the workers' ErrorEvent; this covers a launcher that passes 4 on.
+WORKER_EXIT_DIVERGED = 4
 
 
 class RequestError(Exception):
@@ -117,6 +121,7 @@ class JobRuntime:
     command_seq: int = 0
     rank_steps: dict[int, int] = field(default_factory=dict)  # newest step each rank reported
     rank_states: dict[int, str] = field(default_factory=dict)
+    diverged: str | None = None  # a rank's ErrorEvent said training diverged: its message
 
 
 def log(line: str) -> None:
@@ -500,6 +505,8 @@ class Supervisor:
                     rt.stop_acknowledged = True
         elif isinstance(report, ErrorEvent):
             job.last_error = report.message
+            if report.reason == "diverged":
+                rt.diverged = report.message
             log(f"{job.id} rank {report.rank}: {report.message}")
 
     # ------------------------------------------------------------ process supervision
@@ -570,6 +577,14 @@ class Supervisor:
         rt.identity = None
         job.exit_code = code
         job.pid = None
+        if code != 0 and (rt.diverged is not None or code == WORKER_EXIT_DIVERGED):
+            # A relaunch would start from the same checkpoint with the same settings and diverge again:
+            # fail now and leave the restart budget alone.
+            self.runtime.pop(job.id, None)
+            self.metrics.divergences.inc()
+            reason = rt.diverged or f"training diverged (worker exit code {code}){self._last_error(job)}"
+            self._finish(job, JobState.FAILED, reason)
+            return
         if job.state == JobState.STOPPING:
             self.runtime.pop(job.id, None)
             if code == 0:

@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         job = JobConfig(
             model=model.cfg,
             data=DataConfig(source="folder", train_dir=args.data / "train", val_dir=args.data / "val",
-                            loader=args.loader, num_workers=args.workers, scale_size=_scale_of(args.data)),
+                            loader=args.loader, num_workers=args.workers),
             train=TrainConfig(batch_size=args.batch_size),
         )
         source = build_eval_source(job, device=device, split=args.split)
@@ -67,12 +67,6 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         source.close()
     return 0
-
-
-def _scale_of(prepared: Path) -> int:
-    from alexserve.data.stats import DatasetStats
-
-    return DatasetStats.load(prepared / "stats.npz").scale_size
 
 
 if __name__ == "__main__":

@@ -48,6 +48,9 @@ class EpochRecord:
     val_top5_error_10crop: float | None
     lr: float  # learning rate used during this epoch
     epoch_seconds: float  # wall-clock time of the epoch (training + validation)
+    # Centre-crop top-1 accuracy below twice chance (train/divergence.py: near_chance): the net has not learned.
+    # None in histories written before the field existed (their class count is not in the record).
+    near_chance: bool | None = None
     timestamp: float = dataclasses.field(default_factory=time.time)  # Unix time the line was written
 
     def to_json(self) -> str:
@@ -56,7 +59,10 @@ class EpochRecord:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "EpochRecord":
         names = {f.name for f in dataclasses.fields(cls)}
-        missing = names - set(data) - {"timestamp"}
+        # Fields with a default may be absent: older histories were written without them.
+        optional = {f.name for f in dataclasses.fields(cls)
+                    if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
+        missing = names - set(data) - optional
         if missing:
             raise ValueError(f"missing fields {sorted(missing)}")
         # Unknown keys are ignored so an older reader can read a newer history.

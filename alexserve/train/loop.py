@@ -5,6 +5,8 @@ backward meets the peer at the exchange points, so the ranks agree on the step
 without extra messages. Per epoch: train, evaluate (centre crop, ten crops),
 let the plateau schedule set the learning rate, append the history and redraw
 its plot, checkpoint. Supervisor commands are taken between steps (control.py).
+A step whose loss diverged ends training right there, before anything is logged
+or checkpointed after it, by raising `TrainingDiverged` (divergence.py).
 """
 
 from __future__ import annotations
@@ -23,12 +25,21 @@ from alexserve.parallel.exchange import PeerExchange
 from alexserve.parallel.topology import Topology
 from alexserve.train.checkpointing import Position, RunCheckpointer
 from alexserve.train.control import Action, CommandSync
+from alexserve.train.divergence import (
+    DivergenceGuard,
+    TrainingDiverged,
+    chance_warning,
+    diverged_message,
+    near_chance,
+    weights_finite,
+    worst_loss_across_pairs,
+)
 from alexserve.train.evaluation import EvalResult, evaluate
 from alexserve.train.history import EpochRecord, History, plot
 from alexserve.train.optimizer import PaperSGD
 from alexserve.train.progress import IntervalMeter
 from alexserve.train.reporting import Reporter
-from alexserve.train.schedule import PlateauSchedule
+from alexserve.train.schedule import PlateauSchedule, warmup_factor
 from alexserve.train.step import tower_forward_logits, tower_train_step
 
 
@@ -66,6 +77,8 @@ class TowerTrainer:
         self.averager = averager  # data_parallel.GradientAverager with several pairs, else None
         self.log = log or (lambda line: print(line, file=sys.stderr, flush=True))
         self.last_eval: dict[str, EvalResult] = {}
+        self.guard = DivergenceGuard(job.model.classes, job.train.divergence_loss_factor)
+        self.warmup_steps = round(job.warmup_epochs_used * train_source.steps_per_epoch)
         self.optimizer.set_lr(schedule.lr)
 
     # ---- small pieces
@@ -78,7 +91,20 @@ class TowerTrainer:
     def learning_rate(self) -> float:
         return self.optimizer.param_groups[0]["lr"]
 
+    def check_divergence(self, loss: float) -> None:
+        """Raises TrainingDiverged on every rank at the same step (divergence.py says why they agree)."""
+        problem = self.guard.problem(worst_loss_across_pairs(loss, self.topology))
+        if problem is not None:
+            raise self.diverged(problem)
+
+    def diverged(self, problem: str) -> TrainingDiverged:
+        return TrainingDiverged(diverged_message(problem, self.position.global_step, self.learning_rate, self.schedule.lr,
+                                                 self.job, self.checkpointer.store))
+
     def checkpoint(self, why: str) -> None:
+        # A finite loss was computed before the step's update: the weights it left may still be NaN or inf.
+        if not weights_finite(self.tower, self.topology):
+            raise self.diverged("the weights are no longer finite (the last update blew them up)")
         ref = self.checkpointer.save(self.tower, self.optimizer, self.schedule, self.position)
         if ref is not None:
             self.say(f"checkpoint ({why}) at step {self.position.global_step}: {ref.path}")
@@ -131,9 +157,11 @@ class TowerTrainer:
             if not self.take_command():
                 return "stopped"
             seed = dropout_seed(cfg.seed, self.topology.pair, pos.global_step)
+            self.optimizer.set_lr(self.schedule.lr * warmup_factor(pos.global_step, self.warmup_steps))
             result = tower_train_step(self.tower, self.exchange, self.optimizer, images, labels, seed, self.averager)
             pos.global_step += 1
             pos.step_in_epoch += 1
+            self.check_divergence(result.loss)  # before this step can be logged as fine or checkpointed
             now = time.perf_counter()
             meter.add_step(result.loss, result.top1_errors, result.images, now - step_started)
             totals.add_step(result.loss, result.top1_errors, result.images, now - step_started)
@@ -164,10 +192,10 @@ class TowerTrainer:
         results = self.last_eval = self.evaluate(ten_crop)
         self.say(f"epoch {epoch + 1} done: {self.describe_eval(results)}")
         self.reporter.evaluation(epoch, pos.global_step, results)
-        lr_used = self.learning_rate
+        lr_used, scheduled_lr = self.learning_rate, self.schedule.lr
         self.optimizer.set_lr(self.schedule.step(results["center"].top1_error))
-        if self.learning_rate != lr_used:
-            self.say(f"validation error stopped improving: learning rate {lr_used:g} -> {self.learning_rate:g}")
+        if self.schedule.lr != scheduled_lr:
+            self.say(f"validation error stopped improving: learning rate {scheduled_lr:g} -> {self.schedule.lr:g}")
         if self.history is not None:
             ten = results.get("ten_crop")
             self.history.append(EpochRecord(
@@ -176,6 +204,7 @@ class TowerTrainer:
                 val_top1_error=results["center"].top1_error, val_top5_error=results["center"].top5_error,
                 val_top1_error_10crop=ten.top1_error if ten else None, val_top5_error_10crop=ten.top5_error if ten else None,
                 lr=lr_used, epoch_seconds=totals.elapsed,
+                near_chance=near_chance(results["center"].top1_error, self.job.model.classes),
             ))
             plot(self.job.train.run_dir)
         pos.epoch, pos.step_in_epoch = epoch + 1, 0
@@ -204,6 +233,10 @@ class TowerTrainer:
                 break
         if not self.last_eval:
             self.last_eval = self.evaluate(ten_crop=True)
-        self.say(f"final: {self.describe_eval(self.last_eval)}")
+        final = f"final: {self.describe_eval(self.last_eval)}"
+        top1 = self.last_eval["center"].top1_error
+        if near_chance(top1, self.job.model.classes):  # "completed" alone would hide a net that never learned
+            final += f" | {chance_warning(top1, self.job.model.classes)}"
+        self.say(final)
         self.reporter.state("completed", pos.global_step)
         return TrainOutcome("completed", pos, self.last_eval)

@@ -4,11 +4,17 @@ The paper: "The heuristic which we followed was to divide the learning rate by
 10 when the validation error rate stopped improving with the current learning
 rate. [...] reduced three times prior to termination."
 
-`PlateauSchedule.step(val_error)` is called once per epoch, after validation:
+`PlateauSchedule.step(val_error)` is called once per epoch, after validation.
+"Stopped improving" has to survive the noise of a finite validation set: one
+epoch that is a few images worse must not cost a tenth of the learning rate,
+and one that is a hair better must not postpone a due drop forever. So:
 
-- an error strictly below the best seen so far is an improvement and resets
-  the count of epochs without improvement;
-- when that count reaches `plateau_patience`, the learning rate is divided by
+- an error below `best * (1 - plateau_min_relative_improvement)` is an
+  improvement: it becomes the best and resets the count of epochs without
+  improvement (a lower error by less than that still becomes the best, but
+  resets nothing);
+- when that count reaches `plateau_patience` (3 by default: a real plateau
+  lasts; one noisy epoch does not), the learning rate is divided by
   `lr_divisor` and the count restarts, so the new rate gets the same patience
   to beat the best error (the best is kept across reductions: a rate only
   counts as useful if it beats every earlier one);
@@ -16,8 +22,8 @@ rate. [...] reduced three times prior to termination."
   `should_stop` becomes true and the rate is left alone: that is the paper's
   termination after the third reduction's plateau.
 
-With `plateau_patience` 0 the count reaches the patience every epoch, so the
-rate drops every epoch whatever the error does (a plain per-epoch decay).
+`warmup_factor` is the linear warmup that reduced nets start with (see
+`JobConfig.warmup_epochs_used`); it scales this rate within the first epochs.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ class PlateauSchedule:
     def __init__(self, optim_cfg) -> None:
         self.divisor = float(optim_cfg.lr_divisor)
         self.patience = int(optim_cfg.plateau_patience)
+        self.min_relative_improvement = float(optim_cfg.plateau_min_relative_improvement)
         self.max_reductions = int(optim_cfg.max_lr_reductions)
         self.lr = float(optim_cfg.learning_rate)
         self.best_error = math.inf
@@ -51,11 +58,10 @@ class PlateauSchedule:
         diverged run drops its rate instead of resetting the patience.
         """
         self.num_epochs += 1
+        improved = val_error < self.best_error * (1.0 - self.min_relative_improvement)
         if val_error < self.best_error:
             self.best_error = float(val_error)
-            self.epochs_since_improvement = 0
-        else:
-            self.epochs_since_improvement += 1
+        self.epochs_since_improvement = 0 if improved else self.epochs_since_improvement + 1
         if self.epochs_since_improvement >= self.patience and not self.should_stop:
             self._plateau()
         return self.lr
@@ -93,3 +99,10 @@ class PlateauSchedule:
         self.num_reductions = int(state["num_reductions"])
         self.num_epochs = int(state["num_epochs"])
         self.should_stop = bool(state["should_stop"])
+
+
+def warmup_factor(global_step: int, warmup_steps: int) -> float:
+    """The share of the scheduled rate used at `global_step` (0-based): (step + 1) / warmup_steps, up to 1."""
+    if warmup_steps <= 0:
+        return 1.0
+    return min(1.0, (global_step + 1) / warmup_steps)

@@ -1,0 +1,100 @@
+"""What a job leaves to 'auto', filled in from its data, and the departures from the paper that follow.
+
+    resolved = resolve_job(job)
+    resolved.job          # num_classes, scale_size and pixel_std measured from the data
+    resolved.departures   # one line per choice that is not the paper's, printed once at start
+
+At paper size (width 1.0 on 224-pixel or larger inputs) every 'auto' field is
+the paper's choice. Below it, a narrow net on raw pixels with the paper's
+N(0, 0.01) and bias-1 layers either never leaves its initial plateau or bursts
+at the first steps, so the job departs where the cause lies: He init (the
+signal keeps its scale whatever the width), biases 0 (a bias of 1 before a ReLU
+swamps a small signal), inputs divided by the training set's pixel std (the
+first layer's step size no longer depends on the data's contrast or
+brightness) and a one-epoch learning-rate warmup. See README, "Departures".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from alexserve.config import PAPER_BIAS_ONE_LAYERS, JobConfig
+from alexserve.data.layout import CLASSES_FILE, STATS_FILE, DatasetError, read_class_index
+from alexserve.data.stats import DatasetStats
+
+# Generated images measured for their pixel std: enough for a stable figure, quick to make.
+GENERATED_STD_SAMPLE = 64
+
+
+@dataclass(frozen=True)
+class ResolvedJob:
+    job: JobConfig
+    departures: list[str] = field(default_factory=list)
+
+
+def _prepared_root(job: JobConfig) -> Path:
+    if job.data.train_dir is None:
+        raise DatasetError("data.train_dir is not set; data.source 'folder' needs a tree made by `alexserve prepare`")
+    return Path(job.data.train_dir).parent
+
+
+def _measured_from_folder(job: JobConfig) -> dict[str, dict]:
+    root = _prepared_root(job)
+    classes = read_class_index(root / CLASSES_FILE)
+    stats_path = Path(job.data.stats_path) if job.data.stats_path is not None else root / STATS_FILE
+    stats = DatasetStats.load(stats_path)
+    if job.model.num_classes is not None and job.model.num_classes != len(classes):
+        raise DatasetError(f"{root / CLASSES_FILE} lists {len(classes)} classes but model.num_classes is {job.model.num_classes}; "
+                           "leave model.num_classes unset to take the tree's")
+    if job.data.scale_size is not None and job.data.scale_size != stats.scale_size:
+        raise DatasetError(f"{stats_path}: prepared at scale_size {stats.scale_size} but data.scale_size is {job.data.scale_size}; "
+                           "re-run `alexserve prepare` with this scale, or leave data.scale_size unset to take the tree's")
+    return {"model": {"num_classes": len(classes), "pixel_std": stats.centred_pixel_std()},
+            "data": {"scale_size": stats.scale_size}}
+
+
+def _measured_from_generator(job: JobConfig) -> dict[str, dict]:
+    from alexserve.data.generated import GENERATED_NUM_CLASSES, generate_images, stored_size
+
+    scale = stored_size(job)
+    num_classes = job.model.num_classes or GENERATED_NUM_CLASSES
+    sized = job.model_copy(update={"data": job.data.model_copy(update={"scale_size": scale}),
+                                   "model": job.model.model_copy(update={"num_classes": num_classes})})
+    images, _ = generate_images(sized, GENERATED_STD_SAMPLE, split_seed=1)
+    return {"model": {"num_classes": num_classes, "pixel_std": float(images.double().std())}, "data": {"scale_size": scale}}
+
+
+def with_measurements(job: JobConfig) -> JobConfig:
+    """The job with num_classes, scale_size and pixel_std taken from its data (fields set by hand are checked, not replaced)."""
+    measured = _measured_from_folder(job) if job.data.source == "folder" else _measured_from_generator(job)
+    tree = job.model_dump(mode="json")
+    for section, values in measured.items():
+        for name, value in values.items():
+            if name == "pixel_std" or tree[section][name] is None:
+                tree[section][name] = value
+    return JobConfig.model_validate(tree)
+
+
+def departures(job: JobConfig) -> list[str]:
+    """One line per choice in effect that is not the paper's."""
+    model, lines = job.model, []
+    why = "" if model.paper_sized else f" (width {model.width:g}, input {model.input_size}: below paper size)"
+    if model.init_scheme_used != "paper":
+        lines.append(f"init: He, N(0, 2/fan_in), instead of the paper's N(0, {model.init_weight_std:g}){why}")
+    if set(model.bias_one_layers_used) != set(PAPER_BIAS_ONE_LAYERS):
+        ones = ", ".join(model.bias_one_layers_used) or "none"
+        lines.append(f"biases: 1 in {ones} instead of the paper's {', '.join(PAPER_BIAS_ONE_LAYERS)}; 0 elsewhere{why}")
+    if model.input_scaling_used == "unit":
+        lines.append(f"input: centred pixels divided by the training set's pixel std ({model.pixel_std:.1f}), "
+                     f"instead of the paper's raw 0..255 values{why}")
+    if job.warmup_epochs_used > 0:
+        lines.append(f"learning rate: linear warmup over {job.warmup_epochs_used:g} epoch(s) to {job.optim.learning_rate:g}{why}")
+    if model.lrn_alpha_convention == "printed":
+        lines.append("LRN: the paper's printed alpha (not divided by n), five times stronger than the authors' code")
+    return lines
+
+
+def resolve_job(job: JobConfig) -> ResolvedJob:
+    resolved = with_measurements(job)
+    return ResolvedJob(resolved, departures(resolved))
