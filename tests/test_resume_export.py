@@ -86,6 +86,10 @@ def test_resume_with_another_model_says_which_field(uninterrupted, tmp_path):
     for code, _, err in worker(tmp_path, "--resume", "--set", "model.width=0.25"):
         assert code == 2
         assert "model.width is 0.125 in the checkpoint but 0.25" in err, err[-2000:]
+    # Same shapes, another function: the printed LRN is five times stronger than the one trained.
+    for code, _, err in worker(tmp_path, "--resume", "--set", "model.lrn_alpha_convention=printed"):
+        assert code == 2
+        assert "model.lrn_alpha_convention is 'authors_code' in the checkpoint but 'printed'" in err, err[-2000:]
 
 
 def test_export_loads_alone_and_gives_the_towers_logits(uninterrupted, tmp_path):

@@ -23,7 +23,9 @@ from alexserve.train.schedule import PlateauSchedule
 SHARD_NAMES = ("tower0", "tower1")
 # Model fields that change parameter shapes or meaning; anything else (width of a log line...) may differ on resume.
 MODEL_FIELDS_THAT_MUST_MATCH = ("num_classes", "width", "input_size", "conv1_padding", "tower_conv_channels", "conv_kernel_sizes",
-                                "conv1_stride", "tower_fc_neurons", "pool_kernel", "pool_stride")
+                                "conv1_stride", "tower_fc_neurons", "pool_kernel", "pool_stride",
+                                # Same shapes, another function: LRN strength and what the input is divided by.
+                                "lrn_alpha_convention", "input_scaling")
 
 
 @dataclass
