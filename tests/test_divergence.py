@@ -95,6 +95,14 @@ def test_near_chance(error, classes, expected):
     assert near_chance(error, classes) is expected
 
 
+def test_chance_warning_at_paper_size_says_how_to_leave_the_papers_recipe():
+    from alexserve.train.divergence import chance_warning
+
+    reduced, paper = chance_warning(0.9, 10), chance_warning(0.9, 10, paper_sized=True)
+    assert "chance level for 10 classes" in reduced and "init_scheme" not in reduced
+    assert paper.startswith(reduced) and "--set model.init_scheme=he" in paper and "model.input_scaling=unit" in paper
+
+
 def test_history_records_near_chance_and_reads_older_lines(tmp_path):
     fields = dict(step=8, train_loss=2.3, train_top1_error=0.9, val_top1_error=0.9, val_top5_error=0.5,
                   val_top1_error_10crop=None, val_top5_error_10crop=None, lr=0.01, epoch_seconds=1.0)

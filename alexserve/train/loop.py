@@ -236,7 +236,7 @@ class TowerTrainer:
         final = f"final: {self.describe_eval(self.last_eval)}"
         top1 = self.last_eval["center"].top1_error
         if near_chance(top1, self.job.model.classes):  # "completed" alone would hide a net that never learned
-            final += f" | {chance_warning(top1, self.job.model.classes)}"
+            final += f" | {chance_warning(top1, self.job.model.classes, self.job.model.paper_sized)}"
         self.say(final)
         self.reporter.state("completed", pos.global_step)
         return TrainOutcome("completed", pos, self.last_eval)
