@@ -47,12 +47,13 @@ def open_prepared_tree(job: JobConfig) -> PreparedTree:
     if data.scale_size is not None and stats.scale_size != data.scale_size:
         raise DatasetError(
             f"{stats_path}: prepared at scale_size {stats.scale_size} but data.scale_size is {data.scale_size}; "
-            "re-run `alexserve prepare` with this scale or change data.scale_size"
+            "re-run `alexserve prepare` with this scale, or leave data.scale_size unset to take the tree's"
         )
     if job.model.input_size > stats.scale_size:
         raise DatasetError(f"model.input_size {job.model.input_size} is larger than the prepared images ({stats.scale_size})")
     if job.model.num_classes is not None and len(classes) != job.model.num_classes:
-        raise DatasetError(f"{root / CLASSES_FILE}: {len(classes)} classes but model.num_classes is {job.model.num_classes}")
+        raise DatasetError(f"{root / CLASSES_FILE} lists {len(classes)} classes but model.num_classes is {job.model.num_classes}; "
+                           "leave model.num_classes unset to take the tree's")
     val_dir = Path(data.val_dir) if data.val_dir is not None else root / "val"
     return PreparedTree(stats, classes, train_dir, val_dir)
 

@@ -17,11 +17,9 @@ brightness) and a one-epoch learning-rate warmup. See README, "Departures".
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from alexserve.config import PAPER_BIAS_ONE_LAYERS, JobConfig
-from alexserve.data.layout import CLASSES_FILE, STATS_FILE, DatasetError, read_class_index
-from alexserve.data.stats import DatasetStats
+from alexserve.data.factory import open_prepared_tree
 
 # Generated images measured for their pixel std: enough for a stable figure, quick to make.
 GENERATED_STD_SAMPLE = 64
@@ -33,25 +31,10 @@ class ResolvedJob:
     departures: list[str] = field(default_factory=list)
 
 
-def _prepared_root(job: JobConfig) -> Path:
-    if job.data.train_dir is None:
-        raise DatasetError("data.train_dir is not set; data.source 'folder' needs a tree made by `alexserve prepare`")
-    return Path(job.data.train_dir).parent
-
-
 def _measured_from_folder(job: JobConfig) -> dict[str, dict]:
-    root = _prepared_root(job)
-    classes = read_class_index(root / CLASSES_FILE)
-    stats_path = Path(job.data.stats_path) if job.data.stats_path is not None else root / STATS_FILE
-    stats = DatasetStats.load(stats_path)
-    if job.model.num_classes is not None and job.model.num_classes != len(classes):
-        raise DatasetError(f"{root / CLASSES_FILE} lists {len(classes)} classes but model.num_classes is {job.model.num_classes}; "
-                           "leave model.num_classes unset to take the tree's")
-    if job.data.scale_size is not None and job.data.scale_size != stats.scale_size:
-        raise DatasetError(f"{stats_path}: prepared at scale_size {stats.scale_size} but data.scale_size is {job.data.scale_size}; "
-                           "re-run `alexserve prepare` with this scale, or leave data.scale_size unset to take the tree's")
-    return {"model": {"num_classes": len(classes), "pixel_std": stats.centred_pixel_std()},
-            "data": {"scale_size": stats.scale_size}}
+    tree = open_prepared_tree(job)  # checks fields set by hand against the tree, naming both values
+    return {"model": {"num_classes": len(tree.classes), "pixel_std": tree.stats.centred_pixel_std()},
+            "data": {"scale_size": tree.stats.scale_size}}
 
 
 def _measured_from_generator(job: JobConfig) -> dict[str, dict]:
