@@ -209,7 +209,7 @@ def train_grouped(job: JobConfig, log) -> list[EpochRecord]:
     from alexserve.train.divergence import near_chance
     from alexserve.train.evaluation import evaluate
     from alexserve.train.optimizer import PaperSGD
-    from alexserve.train.schedule import PlateauSchedule, warmup_factor
+    from alexserve.train.schedule import PlateauSchedule, warmup_steps
     from alexserve.train.step import grouped_train_step
 
     cfg = job.train
@@ -220,7 +220,7 @@ def train_grouped(job: JobConfig, log) -> list[EpochRecord]:
     optimizer.set_lr(schedule.lr)
     train_source = build_train_source(job, device=device)
     eval_source = build_eval_source(job, device=device)
-    warmup_steps = round(job.warmup_epochs_used * train_source.steps_per_epoch)
+    ramp_steps = warmup_steps(job.warmup_epochs_used, train_source.steps_per_epoch)
     records: list[EpochRecord] = []
     global_step = 0
     try:
@@ -229,7 +229,7 @@ def train_grouped(job: JobConfig, log) -> list[EpochRecord]:
             model.train()
             loss_sum = errors = images_seen = 0
             for images, labels in train_source.batches(epoch, 0):
-                optimizer.set_lr(schedule.lr * warmup_factor(global_step, warmup_steps))
+                optimizer.set_lr(schedule.lr_at_step(global_step, ramp_steps))
                 result = grouped_train_step(model, optimizer, images, labels, dropout_seed(cfg.seed, 0, global_step))
                 global_step += 1
                 if not math.isfinite(result.loss):

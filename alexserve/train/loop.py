@@ -39,7 +39,7 @@ from alexserve.train.history import EpochRecord, History, plot
 from alexserve.train.optimizer import PaperSGD
 from alexserve.train.progress import IntervalMeter
 from alexserve.train.reporting import Reporter
-from alexserve.train.schedule import PlateauSchedule, warmup_factor
+from alexserve.train.schedule import PlateauSchedule, warmup_steps
 from alexserve.train.step import tower_forward_logits, tower_train_step
 
 
@@ -78,7 +78,7 @@ class TowerTrainer:
         self.log = log or (lambda line: print(line, file=sys.stderr, flush=True))
         self.last_eval: dict[str, EvalResult] = {}
         self.guard = DivergenceGuard(job.model.classes, job.train.divergence_loss_factor)
-        self.warmup_steps = round(job.warmup_epochs_used * train_source.steps_per_epoch)
+        self.warmup_steps = warmup_steps(job.warmup_epochs_used, train_source.steps_per_epoch)
         self.optimizer.set_lr(schedule.lr)
 
     # ---- small pieces
@@ -157,7 +157,7 @@ class TowerTrainer:
             if not self.take_command():
                 return "stopped"
             seed = dropout_seed(cfg.seed, self.topology.pair, pos.global_step)
-            self.optimizer.set_lr(self.schedule.lr * warmup_factor(pos.global_step, self.warmup_steps))
+            self.optimizer.set_lr(self.schedule.lr_at_step(pos.global_step, self.warmup_steps))
             result = tower_train_step(self.tower, self.exchange, self.optimizer, images, labels, seed, self.averager)
             pos.global_step += 1
             pos.step_in_epoch += 1

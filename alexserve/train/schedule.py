@@ -66,6 +66,10 @@ class PlateauSchedule:
             self._plateau()
         return self.lr
 
+    def lr_at_step(self, global_step: int, warmup_steps: int) -> float:
+        """The rate for step `global_step` (0-based): the plateau rate, scaled while the warmup ramps up."""
+        return self.lr * warmup_factor(global_step, warmup_steps)
+
     def _plateau(self) -> None:
         if self.num_reductions >= self.max_reductions:
             self.should_stop = True
@@ -99,6 +103,11 @@ class PlateauSchedule:
         self.num_reductions = int(state["num_reductions"])
         self.num_epochs = int(state["num_epochs"])
         self.should_stop = bool(state["should_stop"])
+
+
+def warmup_steps(warmup_epochs: float, steps_per_epoch: int) -> int:
+    """Steps of the warmup ramp: `warmup_epochs` of this run's epochs."""
+    return round(warmup_epochs * steps_per_epoch)
 
 
 def warmup_factor(global_step: int, warmup_steps: int) -> float:
