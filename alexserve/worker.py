@@ -24,18 +24,19 @@ from pathlib import Path
 import torch
 
 from alexserve.config import ConfigError, JobConfig, load_config
+from alexserve.contract.names import WorkerExit
 from alexserve.data.demo_data import ensure_demo_dataset
 from alexserve.data.factory import build_eval_source, build_train_source
-from alexserve.data.layout import DatasetError
+from alexserve.data.prepared_tree import DatasetError
 from alexserve.data.source import EvalSource, TrainSource
 from alexserve.model import AlexNetTower
 from alexserve.parallel.data_parallel import GradientAverager, tower_groups
 from alexserve.parallel.exchange import PeerExchange, PeerLostError
 from alexserve.parallel.process_group import process_group
 from alexserve.parallel.topology import LaunchError, Topology, topology_from_env
-from alexserve.supervisor.worker_link import WorkerLink
-from alexserve.train.checkpoint import CheckpointError
-from alexserve.train.checkpointing import RunCheckpointer, open_store
+from alexserve.contract.supervisor_channel import SupervisorChannel
+from alexserve.checkpoint.store import CheckpointError
+from alexserve.checkpoint.run_checkpointer import RunCheckpointer, open_store
 from alexserve.train.control import CommandSync
 from alexserve.train.divergence import TrainingDiverged
 from alexserve.train.history import History
@@ -45,9 +46,6 @@ from alexserve.train.reporting import Reporter
 from alexserve.train.recipe import resolve_job
 from alexserve.train.schedule import PlateauSchedule
 
-EXIT_CONFIG = 2
-EXIT_PEER_LOST = 3
-EXIT_DIVERGED = 4  # its own code: restarting would only diverge again (the supervisor does not relaunch it)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -126,19 +124,19 @@ def main(argv: list[str] | None = None) -> int:
             ensure_demo_dataset(job, topology.local_rank)
     except (ConfigError, LaunchError, DatasetError) as err:
         print(f"{prefix} {err}", file=sys.stderr)
-        return EXIT_CONFIG
-    link = WorkerLink.from_env(topology.rank)
+        return WorkerExit.BAD_INPUT
+    link = SupervisorChannel.from_env(topology.rank)
     try:
         return run(job, topology, resume_requested(args), link)
     except (DatasetError, CheckpointError) as err:
         report_error(link, f"{prefix} {err}")
-        return EXIT_CONFIG
+        return WorkerExit.BAD_INPUT
     except PeerLostError as err:
         report_error(link, f"{prefix} error: {err}")
-        return EXIT_PEER_LOST
+        return WorkerExit.PEER_LOST
     except TrainingDiverged as err:
         report_error(link, f"{prefix} {err}", reason="diverged")
-        return EXIT_DIVERGED
+        return WorkerExit.DIVERGED
     finally:
         if link is not None:
             link.close()
@@ -148,7 +146,7 @@ def report_error(link, message: str, reason: str = "error") -> None:
     """Prints `message` and sends it to the supervisor; `reason` ('error' or 'diverged') lets it tell them apart."""
     print(message, file=sys.stderr, flush=True)
     if link is not None:
-        from alexserve.supervisor.messages import ErrorEvent
+        from alexserve.contract.worker_messages import ErrorEvent
 
         link.send(ErrorEvent(job_id=link.job_id, rank=link.rank, message=message, reason=reason))
 

@@ -296,7 +296,7 @@ def svm_on_prepared(prepared: Path, input_size: int) -> SvmFigures:
     """The images the nets see: the prepared JPEGs' grey centre crop of `input_size` pixels."""
     from PIL import Image
 
-    from alexserve.data.layout import CLASSES_FILE, list_prepared_split, read_class_index
+    from alexserve.data.prepared_tree import CLASSES_FILE, list_prepared_split, read_class_index
 
     classes = read_class_index(prepared / CLASSES_FILE)
 

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from alexserve.config import DataConfig, JobConfig, ModelConfig, TrainConfig
-from alexserve.data.layout import CLASSES_FILE, read_class_index
+from alexserve.data.prepared_tree import CLASSES_FILE, read_class_index
 from alexserve.data.source import TrainSource
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from alexserve.data.layout import DatasetError
+from alexserve.data.prepared_tree import DatasetError
 from alexserve.data.stats import DatasetStats
 
 # Separates these streams from any other use of the job seed (weights, dropout).

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from alexserve.data.augment import SampleParams, TrainPlan, center_offset, ten_crop_offsets
-from alexserve.data.layout import LabeledFile
+from alexserve.data.prepared_tree import LabeledFile
 from alexserve.data.prefetch import PrefetchSlot
 from alexserve.data.source import EvalMode, EvalSource, TrainSource
 from alexserve.data.stats import DatasetStats

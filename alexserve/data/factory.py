@@ -18,7 +18,7 @@ import torch
 
 from alexserve.config import JobConfig
 from alexserve.data.augment import TrainPlan
-from alexserve.data.layout import CLASSES_FILE, STATS_FILE, ClassInfo, DatasetError, LabeledFile, list_prepared_split, read_class_index
+from alexserve.data.prepared_tree import CLASSES_FILE, STATS_FILE, ClassInfo, DatasetError, LabeledFile, list_prepared_split, read_class_index
 from alexserve.data.source import EvalSource, TrainSource
 from alexserve.data.stats import DatasetStats
 

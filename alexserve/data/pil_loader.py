@@ -16,7 +16,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from alexserve.data.augment import TrainPlan, center_offset, ten_crop_offsets
-from alexserve.data.layout import LabeledFile
+from alexserve.data.prepared_tree import LabeledFile
 from alexserve.data.prefetch import PrefetchSlot
 from alexserve.data.source import EvalMode, EvalSource, TrainSource
 from alexserve.data.stats import DatasetStats

@@ -37,7 +37,7 @@ from PIL import Image
 
 from alexserve.config import PAPER_SCALE_SIZE, ConfigError, load_config, paper_scale_size
 from alexserve.data.imageops import BadImage, load_rgb, rescale_center_crop
-from alexserve.data.layout import (
+from alexserve.data.prepared_tree import (
     CLASSES_FILE,
     JOURNAL_FILE,
     PREPARED_SUFFIX,

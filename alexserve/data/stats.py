@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from alexserve.data.layout import DatasetError
+from alexserve.data.prepared_tree import DatasetError
 from alexserve.durable import write_atomically
 
 PIXEL_SCALE = 255.0

@@ -15,7 +15,7 @@ from torch import nn
 
 from alexserve.config import ModelConfig
 from alexserve.model.dropout import shared_dropout
-from alexserve.model.layout import join_tower_states, split_grouped_state
+from alexserve.model.tower_split import join_tower_states, split_grouped_state
 from alexserve.model.lrn import PaperLRN
 from alexserve.model.tower import AlexNetTower
 

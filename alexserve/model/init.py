@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from alexserve.config import ModelConfig
-from alexserve.model.layout import LAYER_NAMES
+from alexserve.model.tower_split import LAYER_NAMES
 
 
 def tower_generator(seed: int, tower: int) -> torch.Generator:

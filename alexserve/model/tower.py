@@ -20,7 +20,6 @@ from alexserve.model.dropout import shared_dropout
 from alexserve.model.init import init_tower_
 from alexserve.model.lrn import PaperLRN
 
-EXCHANGE_POINTS = ("conv3", "fc6", "fc7", "fc8")
 
 
 class Exchange(Protocol):

@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
-LOSS_POINT = "logits"
+from alexserve.contract.names import LOSS_EXCHANGE_POINT
+
 
 
 class PeerLostError(RuntimeError):
@@ -120,7 +121,7 @@ class PeerExchange:
 
     def full_logits(self, own: torch.Tensor, peer_classes: int) -> torch.Tensor:
         """All classes' logits; the peer's share is a constant here (see module docstring)."""
-        peer = self.swap(LOSS_POINT, "forward", own.detach(), torch.Size((own.shape[0], peer_classes)))
+        peer = self.swap(LOSS_EXCHANGE_POINT, "forward", own.detach(), torch.Size((own.shape[0], peer_classes)))
         return torch.cat([own, peer] if self.tower == 0 else [peer, own], dim=1)
 
 

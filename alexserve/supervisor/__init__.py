@@ -6,7 +6,7 @@
     jobs          job records, states, atomic persistence
     protocol      control requests and replies (client <-> supervisor)
     messages      worker reports and commands (worker <-> supervisor)
-    worker_link   the worker's end: `WorkerLink.from_env(rank)`
+    worker_link   the worker's end: `SupervisorChannel.from_env(rank)`
     metrics       the Prometheus registry
     http_endpoint /metrics and /healthz
     process       torchrun launch, process-tree kill, leftover cleanup

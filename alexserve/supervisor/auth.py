@@ -16,7 +16,7 @@ import os
 import socket
 from pathlib import Path
 
-TOKEN_ENV = "ALEXSERVE_TOKEN"
+from alexserve.contract.names import ENV_TOKEN
 MIN_TOKEN_LENGTH = 16
 
 
@@ -35,7 +35,7 @@ def read_token(token_file: Path | None, env: dict[str, str] | None = None) -> st
         if not token:
             raise AuthError(f"{token_file}: the token file is empty")
     else:
-        token = env.get(TOKEN_ENV, "").strip() or None
+        token = env.get(ENV_TOKEN, "").strip() or None
     if token is not None and len(token) < MIN_TOKEN_LENGTH:
         raise AuthError(f"the token must be at least {MIN_TOKEN_LENGTH} characters")
     return token
@@ -89,5 +89,5 @@ def check_binds(control_addr: str, metrics_host: str, token: str | None) -> None
     if exposed and token is None:
         raise AuthError(
             f"refusing to bind {' and '.join(exposed)} (not loopback) without an auth token: "
-            f"set {TOKEN_ENV} or pass --token-file"
+            f"set {ENV_TOKEN} or pass --token-file"
         )

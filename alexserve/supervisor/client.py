@@ -25,11 +25,11 @@ from typing import Any
 import zmq
 
 from alexserve.supervisor.auth import AuthError, read_token
-from alexserve.supervisor.protocol import DEFAULT_CONTROL_ADDR, MAX_REQUEST_BYTES
+from alexserve.supervisor.control_messages import DEFAULT_CONTROL_ADDR, MAX_REQUEST_BYTES
 from alexserve.config import ConfigError
 from alexserve.supervisor.spec import read_spec_tree, spec_from_tree
 
-SUPERVISOR_ENV = "ALEXSERVE_SUPERVISOR"
+from alexserve.contract.names import ENV_SUPERVISOR
 EXIT_ERROR_REPLY, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
 
 
@@ -133,8 +133,8 @@ def print_status(status: dict[str, Any]) -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--supervisor", default=os.environ.get(SUPERVISOR_ENV, DEFAULT_CONTROL_ADDR),
-                        help=f"control endpoint (default: ${SUPERVISOR_ENV} or {DEFAULT_CONTROL_ADDR})")
+    common.add_argument("--supervisor", default=os.environ.get(ENV_SUPERVISOR, DEFAULT_CONTROL_ADDR),
+                        help=f"control endpoint (default: ${ENV_SUPERVISOR} or {DEFAULT_CONTROL_ADDR})")
     common.add_argument("--token-file", type=Path, help="file holding the supervisor's token (else $ALEXSERVE_TOKEN)")
     common.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for an answer")
     common.add_argument("--json", action="store_true", help="print the raw reply as JSON")

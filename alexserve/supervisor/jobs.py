@@ -139,20 +139,6 @@ class JobStore:
         return f"job-{max(used, default=0) + 1}"
 
 
-_STEP_DIR = re.compile(r"^step-(\d+)$")
-
-
-def newest_checkpoint_step(directory: Path) -> int | None:
-    """Step of the newest committed checkpoint in a checkpoint folder (a step-N folder with its COMMITTED manifest)."""
-    directory = Path(directory)
-    try:
-        entries = list(directory.iterdir())
-    except OSError:
-        return None
-    steps = [int(m.group(1)) for p in entries if (m := _STEP_DIR.match(p.name)) and (p / "COMMITTED").is_file()]
-    return max(steps, default=None)
-
-
 def tail_lines(path: Path, lines: int, max_bytes: int = 512 * 1024) -> str:
     """The last `lines` lines of a text file, reading at most `max_bytes` from its end."""
     try:

@@ -15,6 +15,8 @@ import runpy
 import signal
 import sys
 
+from alexserve.contract.names import ENV_SUPERVISOR_PID
+
 PR_SET_PDEATHSIG = 1
 
 
@@ -29,7 +31,7 @@ def die_with_parent(parent_pid: int) -> None:
 
 
 def main() -> None:
-    parent = int(os.environ.get("ALEXSERVE_SUPERVISOR_PID", os.getppid()))
+    parent = int(os.environ.get(ENV_SUPERVISOR_PID, os.getppid()))
     die_with_parent(parent)
     sys.argv = ["torchrun", *sys.argv[1:]]
     runpy.run_module("torch.distributed.run", run_name="__main__", alter_sys=True)

@@ -17,9 +17,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 import alexserve
 from alexserve.supervisor.jobs import JobState
-from alexserve.supervisor.messages import (
-    EXCHANGE_DIRECTIONS,
-    EXCHANGE_POINTS,
+from alexserve.contract.names import EXCHANGE_DIRECTIONS, TIMED_EXCHANGE_POINTS
+from alexserve.contract.worker_messages import (
     CheckpointEvent,
     EvalReport,
     StepReport,
@@ -103,7 +102,7 @@ class SupervisorMetrics:
         self.step_seconds.labels(rank=rank)
         self.data_wait.labels(rank=rank)
         self.device_memory.labels(rank=rank)
-        for point in EXCHANGE_POINTS:
+        for point in TIMED_EXCHANGE_POINTS:
             for direction in EXCHANGE_DIRECTIONS:
                 self.exchange_seconds.labels(rank=rank, point=point, direction=direction)
                 self.exchange_bytes.labels(rank=rank, point=point, direction=direction)

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import alexserve
+from alexserve.contract.names import ENV_SUPERVISOR_PID
 
 MARK_ENV = "ALEXSERVE_SUPERVISED_BY"  # set only in the environment of what the supervisor starts: leftovers can be found
 
@@ -45,7 +46,7 @@ def launch_worker_group(config_path: Path, log_path: Path, env: dict[str, str], 
     # The workers must import this very alexserve, installed or not.
     package_root = str(Path(alexserve.__file__).resolve().parent.parent)
     full_env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, full_env.get("PYTHONPATH", "")) if p)
-    full_env["ALEXSERVE_SUPERVISOR_PID"] = str(os.getpid())
+    full_env[ENV_SUPERVISOR_PID] = str(os.getpid())
     full_env.setdefault("PYTHONUNBUFFERED", "1")
     argv = [sys.executable, "-m", "alexserve.supervisor.launcher", *torchrun_args(config_path, free_tcp_port(), worker_module, nproc_per_node)]
     with open(log_path, "ab") as log:

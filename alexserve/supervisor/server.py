@@ -48,10 +48,10 @@ from alexserve.supervisor.jobs import (
     JobRecord,
     JobState,
     JobStore,
-    newest_checkpoint_step,
     tail_lines,
 )
-from alexserve.supervisor.messages import (
+from alexserve.checkpoint.naming import newest_committed_step
+from alexserve.contract.worker_messages import (
     MAX_COMMAND_BYTES,
     MAX_REPORT_BYTES,
     CheckpointEvent,
@@ -69,7 +69,7 @@ from alexserve.supervisor.messages import (
     parse_report,
 )
 from alexserve.supervisor.metrics import CONTROL_VERBS, SupervisorMetrics
-from alexserve.supervisor.protocol import (
+from alexserve.supervisor.control_messages import (
     DEFAULT_CONTROL_ADDR,
     DEFAULT_METRICS_PORT,
     SOCKET_MAX_MESSAGE_BYTES,
@@ -79,14 +79,9 @@ from alexserve.supervisor.protocol import (
     validate_request,
 )
 from alexserve.supervisor.spec import SpecError, spec_from_tree
-from alexserve.supervisor.worker_link import ENV_CONTROL_ADDR, ENV_JOB_ID, ENV_REPORT_ADDR, ENV_TOKEN
+from alexserve.contract.names import ENV_CONTROL_ADDR, ENV_JOB_ID, ENV_REPORT_ADDR, ENV_STATE_DIR, ENV_SUPERVISOR, ENV_TOKEN, WorkerExit
 
-STATE_DIR_ENV = "ALEXSERVE_STATE_DIR"
-SUPERVISOR_ENV = "ALEXSERVE_SUPERVISOR"  # the control endpoint, shared with `alexserve job`
 POLL_MILLISECONDS = 100
-# alexserve.worker.EXIT_DIVERGED, not imported (that would load torch here). torchrun itself exits 1 whatever
-# its workers' codes, so divergence is known from the workers' ErrorEvent; this covers a launcher that passes 4 on.
-WORKER_EXIT_DIVERGED = 4
 
 
 class RequestError(Exception):
@@ -329,7 +324,7 @@ class Supervisor:
         result = job.model_dump(mode="json")
         result["log_path"] = str(self.store.log_path(job.id))
         result["config_path"] = str(self.store.config_path(job.id))
-        result["newest_checkpoint_step"] = newest_checkpoint_step(self._checkpoints(job))
+        result["newest_checkpoint_step"] = newest_committed_step(self._checkpoints(job))
         rt = self.runtime.get(job.id)
         result["ranks"] = {str(r): {"step": s, "state": rt.rank_states.get(r)} for r, s in sorted(rt.rank_steps.items())} if rt else {}
         result["pause_requested"] = bool(rt and rt.pause_wanted)
@@ -358,7 +353,7 @@ class Supervisor:
             job.restarts = 0
             job.finished_at = None
             job.exit_code = None
-            job.reason = f"resumed: continues from checkpoint step {newest_checkpoint_step(self._checkpoints(job))}"
+            job.reason = f"resumed: continues from checkpoint step {newest_committed_step(self._checkpoints(job))}"
             self.store.save(job)
             self._update_job_gauge()
             self.tick()
@@ -577,7 +572,7 @@ class Supervisor:
         rt.identity = None
         job.exit_code = code
         job.pid = None
-        if code != 0 and (rt.diverged is not None or code == WORKER_EXIT_DIVERGED):
+        if code != 0 and (rt.diverged is not None or code == WorkerExit.DIVERGED):
             # A relaunch would start from the same checkpoint with the same settings and diverge again:
             # fail now and leave the restart budget alone.
             self.runtime.pop(job.id, None)
@@ -588,7 +583,7 @@ class Supervisor:
         if job.state == JobState.STOPPING:
             self.runtime.pop(job.id, None)
             if code == 0:
-                checkpoint = newest_checkpoint_step(self._checkpoints(job))
+                checkpoint = newest_committed_step(self._checkpoints(job))
                 self._finish(job, JobState.STOPPED, f"stopped on request at step {job.step}; newest checkpoint: step {checkpoint}")
             else:
                 self._finish(job, JobState.FAILED, f"worker group exited with code {code} while stopping{self._last_error(job)}")
@@ -601,7 +596,7 @@ class Supervisor:
             job.restarts += 1
             job.restarts_total += 1
             self.metrics.restarts.inc()
-            checkpoint = newest_checkpoint_step(self._checkpoints(job))
+            checkpoint = newest_committed_step(self._checkpoints(job))
             origin = f"checkpoint step {checkpoint}" if checkpoint is not None else "scratch (no checkpoint yet)"
             job.reason = (f"worker group exited with code {code}{self._last_error(job)}; relaunching from {origin} "
                           f"(restart {job.restarts} of {job.max_restarts})")
@@ -651,10 +646,10 @@ class Supervisor:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="alexserve supervisor", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--state-dir", type=Path, default=Path(os.environ.get(STATE_DIR_ENV, Path.home() / ".alexserve")),
-                        help=f"job records, configs and logs (default: ${STATE_DIR_ENV} or ~/.alexserve)")
-    parser.add_argument("--control", default=os.environ.get(SUPERVISOR_ENV, DEFAULT_CONTROL_ADDR),
-                        help=f"ZeroMQ endpoint of the control socket (default: ${SUPERVISOR_ENV} or {DEFAULT_CONTROL_ADDR})")
+    parser.add_argument("--state-dir", type=Path, default=Path(os.environ.get(ENV_STATE_DIR, Path.home() / ".alexserve")),
+                        help=f"job records, configs and logs (default: ${ENV_STATE_DIR} or ~/.alexserve)")
+    parser.add_argument("--control", default=os.environ.get(ENV_SUPERVISOR, DEFAULT_CONTROL_ADDR),
+                        help=f"ZeroMQ endpoint of the control socket (default: ${ENV_SUPERVISOR} or {DEFAULT_CONTROL_ADDR})")
     parser.add_argument("--metrics-host", default="127.0.0.1", help="address of the /metrics and /healthz endpoint")
     parser.add_argument("--metrics-port", type=int, default=DEFAULT_METRICS_PORT, help="port of /metrics and /healthz (0: any free port)")
     parser.add_argument("--token-file", type=Path, help="file holding the auth token (else $ALEXSERVE_TOKEN); needed for non-loopback binds")

@@ -3,7 +3,7 @@
 Divergence. A step whose loss is not finite, or is far above where training
 started, ends training at that step (`DivergenceGuard`, `TrainingDiverged`):
 no more steps, no checkpoint, and the worker exits with its own code
-(`worker.EXIT_DIVERGED`). "Far above the start" is more than
+(`WorkerExit.DIVERGED`). "Far above the start" is more than
 `train.divergence_loss_factor` times max(ln(num_classes), the first loss this
 process saw): ln(num_classes) is the loss of a net that knows nothing, so a
 quiet start does not make the limit tiny.
@@ -36,7 +36,7 @@ import torch.distributed as dist
 from alexserve.config import JobConfig
 from alexserve.parallel.exchange import peers_required
 from alexserve.parallel.topology import Topology
-from alexserve.train.checkpoint import CheckpointStore
+from alexserve.checkpoint.store import CheckpointStore
 
 
 class TrainingDiverged(Exception):

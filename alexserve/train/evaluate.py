@@ -14,10 +14,10 @@ import torch
 
 from alexserve.config import DataConfig, JobConfig, TrainConfig
 from alexserve.data.factory import build_eval_source
-from alexserve.data.layout import DatasetError
+from alexserve.data.prepared_tree import DatasetError
 from alexserve.model import AlexNetGrouped
 from alexserve.model.exported import ExportError, load_exported
-from alexserve.train.checkpoint import CheckpointError
+from alexserve.checkpoint.store import CheckpointError
 from alexserve.train.evaluation import evaluate
 
 
@@ -25,8 +25,8 @@ def load_model(path: Path, device: torch.device) -> AlexNetGrouped:
     if path.is_file():
         model, _ = load_exported(path, map_location=device)
         return model.to(device)
-    from alexserve.model.layout import join_tower_states
-    from alexserve.train.checkpointing import SHARD_NAMES
+    from alexserve.model.tower_split import join_tower_states
+    from alexserve.checkpoint.run_checkpointer import SHARD_NAMES
     from alexserve.train.export import find_checkpoint
 
     store, ref = find_checkpoint(path)

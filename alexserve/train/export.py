@@ -17,9 +17,9 @@ import torch
 
 from alexserve.config import JobConfig
 from alexserve.model.exported import EXPORT_FORMAT
-from alexserve.model.layout import join_tower_states
-from alexserve.train.checkpoint import CheckpointError, CheckpointRef, CheckpointStore
-from alexserve.train.checkpointing import SHARD_NAMES
+from alexserve.model.tower_split import join_tower_states
+from alexserve.checkpoint.store import CheckpointError, CheckpointRef, CheckpointStore
+from alexserve.checkpoint.run_checkpointer import SHARD_NAMES
 
 
 def find_checkpoint(path: Path) -> tuple[CheckpointStore, CheckpointRef]:
@@ -39,7 +39,7 @@ def prepared_extras(job: JobConfig) -> dict:
     if job.data.source != "folder":
         return {}
     from alexserve.data.factory import open_prepared_tree
-    from alexserve.data.layout import DatasetError
+    from alexserve.data.prepared_tree import DatasetError
 
     try:
         tree = open_prepared_tree(job)

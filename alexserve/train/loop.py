@@ -23,7 +23,7 @@ from alexserve.model import AlexNetTower
 from alexserve.model.dropout import dropout_seed
 from alexserve.parallel.exchange import PeerExchange
 from alexserve.parallel.topology import Topology
-from alexserve.train.checkpointing import Position, RunCheckpointer
+from alexserve.checkpoint.run_checkpointer import Position, RunCheckpointer
 from alexserve.train.control import Action, CommandSync
 from alexserve.train.divergence import (
     DivergenceGuard,

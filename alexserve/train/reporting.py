@@ -32,7 +32,7 @@ class Reporter:
 
     def interval(self, meter: IntervalMeter, epoch: int, global_step: int, lr: float,
                  exchange: dict[tuple[str, str], ExchangeTotals]) -> None:
-        from alexserve.supervisor.messages import ExchangeTiming, StepReport, summarize_seconds
+        from alexserve.contract.worker_messages import ExchangeTiming, StepReport, summarize_seconds
 
         self._send(lambda: StepReport(
             job_id=self.link.job_id, rank=self.topology.rank, pair=self.topology.pair, tower=self.topology.tower,
@@ -45,7 +45,7 @@ class Reporter:
     def evaluation(self, epoch: int, global_step: int, results: dict[str, EvalResult]) -> None:
         if not self.topology.is_primary:
             return
-        from alexserve.supervisor.messages import EvalReport
+        from alexserve.contract.worker_messages import EvalReport
 
         ten = results.get("ten_crop")
         self._send(lambda: EvalReport(
@@ -55,13 +55,13 @@ class Reporter:
         ))
 
     def checkpoint(self, global_step: int) -> None:
-        from alexserve.supervisor.messages import CheckpointEvent
+        from alexserve.contract.worker_messages import CheckpointEvent
 
         self._send(lambda: CheckpointEvent(job_id=self.link.job_id, step=global_step))
 
     def state(self, state: str, global_step: int) -> None:
         if not self.topology.is_primary:
             return
-        from alexserve.supervisor.messages import StateEvent
+        from alexserve.contract.worker_messages import StateEvent
 
         self._send(lambda: StateEvent(job_id=self.link.job_id, state=state, step=global_step))

@@ -1,0 +1,511 @@
+"""Crash-safe checkpoints written by a group of ranks: complete or invisible.
+
+Layout under the store's directory:
+
+    step-000001234/          a committed checkpoint (the state after 1234 optimizer steps)
+        tower0.pt            shard of tower 0: weights, optimizer state, RNG states
+        tower0.json          its size and SHA-256, written by its writer
+        tower1.pt, tower1.json
+        shared.pt            rank 0's shared part: schedule, data position, ...
+        config.json          the job's config, human-readable
+        COMMITTED            the manifest; written last; lists every file's size and SHA-256
+    .staging/step-000001240/ a checkpoint being written (or abandoned by a crash)
+    .trash/                  committed checkpoints being deleted
+
+The protocol, for each checkpoint:
+
+1. Each shard's writer calls `write_shard(step, name, payload)`. The file goes
+   to a temporary name in the step's staging folder, is fsynced and renamed;
+   then a small `name.json` (size and digest) follows the same way. A
+   `name.json` therefore only exists once its shard is complete.
+2. The caller makes every rank wait (a barrier) until all shards are written.
+3. Rank 0 calls `commit(step, shared, config)`: it checks every expected shard
+   is there, writes `shared.pt` and `config.json`, then the `COMMITTED`
+   manifest (temporary name, fsync, rename, fsync folder), then renames the
+   staging folder to `step-NNNNNNNNN` and fsyncs the store's folder.
+
+A reader only looks at `step-*` folders holding a `COMMITTED` manifest, and the
+rename of a whole folder is atomic, so a process killed at any point (SIGKILL,
+power loss after the fsyncs) leaves either the previous set of checkpoints or
+the new complete one. Staging folders are never read; `commit` deletes the
+stale ones (those at or before the step it commits), deletes committed
+checkpoints after the step it commits (an abandoned run's: see `_clean_up`)
+and prunes old ones beyond `keep_last`, never the one it just committed.
+
+The directory must be one all writers see (one machine, or a shared file
+system): rank 0 checks the other ranks' files before it commits.
+
+Which ranks write: one writer per shard name. With two towers, the rank of
+each tower writes `tower0` / `tower1`; with data parallelism inside a tower,
+only that tower's data-parallel rank 0 writes (its replicas hold the same
+weights). The store is told the shard names up front, so `commit` and `load`
+can say which one is missing.
+
+Loading always uses `torch.load(weights_only=True)`: a checkpoint never runs
+code. `write_shard` and `commit` refuse payloads that such a load could not
+read back (numpy arrays, dataclasses, Paths...), naming the key, so the
+mistake shows when saving, not when resuming after a crash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import pickle
+import random
+import re
+import shutil
+import time
+import uuid
+import warnings
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+from alexserve.checkpoint.naming import MARKER, parse_step_dir_name, step_dir_name
+from alexserve.durable import fsync_dir, write_through
+
+FORMAT_VERSION = 1
+SHARED = "shared"
+CONFIG_FILE = "config.json"
+STAGING = ".staging"
+TRASH = ".trash"
+_SHARD_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be written or used; the message names the file and the reason."""
+
+
+@dataclass(frozen=True)
+class CheckpointRef:
+    """A committed checkpoint: its step, its folder and its manifest (the parsed COMMITTED file)."""
+
+    step: int
+    path: Path
+    manifest: dict[str, Any]
+
+    @property
+    def shard_names(self) -> list[str]:
+        shards = self.manifest.get("shards")
+        return sorted(shards) if isinstance(shards, dict) else []
+
+
+# ---------------------------------------------------------------- durable files
+
+
+class _HashingWriter:
+    """A write-only file wrapper that counts and hashes what `torch.save` streams through it."""
+
+    def __init__(self, file: BinaryIO) -> None:
+        self.file = file
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data) -> int:
+        self.sha256.update(data)
+        self.size += len(data)
+        return self.file.write(data)
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
+def _write_file_atomically(path: Path, write: Callable[[BinaryIO], None]) -> tuple[int, str]:
+    """Writes through `write` to a temporary name, fsyncs, renames onto `path`; returns (size, sha256)."""
+    writers: list[_HashingWriter] = []
+
+    def hashed(file: BinaryIO) -> None:
+        writers.append(_HashingWriter(file))
+        write(writers[0])
+
+    write_through(path, hashed)
+    return writers[0].size, writers[0].sha256.hexdigest()
+
+
+def _write_json_atomically(path: Path, data: dict[str, Any]) -> tuple[int, str]:
+    text = json.dumps(data, indent=2, sort_keys=True).encode()
+    return _write_file_atomically(path, lambda f: f.write(text))
+
+
+# ---------------------------------------------------------------- payload checks
+
+# Exactly the types `torch.load(weights_only=True)` reads back (checked by the tests).
+_LEAF_TYPES = (bool, int, float, complex, str, bytes, type(None), torch.dtype, torch.device, torch.Size)
+_TENSOR_TYPES = (torch.Tensor, torch.nn.Parameter)
+
+
+def check_loadable(payload: Any, where: str = "payload") -> None:
+    """Raises CheckpointError naming the first value that weights_only loading could not read back."""
+    kind = type(payload)
+    if kind in _TENSOR_TYPES or kind in _LEAF_TYPES:
+        return
+    if kind in (dict, OrderedDict):
+        for key, value in payload.items():
+            if type(key) not in (str, int, float, bool, tuple, type(None)):
+                raise CheckpointError(f"{where} has a key of type {type(key).__name__}; use str or int keys")
+            check_loadable(value, f"{where}[{key!r}]")
+        return
+    if kind in (list, tuple, set):
+        for index, value in enumerate(payload):
+            check_loadable(value, f"{where}[{index}]")
+        return
+    hint = "convert it with torch.as_tensor(...)" if isinstance(payload, np.ndarray) else (
+        "convert it with float()/int()" if isinstance(payload, np.generic) else "store plain numbers, strings, tensors or containers of them"
+    )
+    raise CheckpointError(
+        f"{where} is a {kind.__module__}.{kind.__qualname__}, which torch.load(weights_only=True) refuses; {hint}"
+    )
+
+
+def _save_torch(path: Path, payload: dict[str, Any]) -> tuple[int, str]:
+    return _write_file_atomically(path, lambda f: torch.save(payload, f))
+
+
+# ---------------------------------------------------------------- the store
+
+
+class CheckpointStore:
+    """Checkpoints of one job in `directory`, written by the ranks that own `shard_names`."""
+
+    def __init__(self, directory: Path, keep_last: int, shard_names: Sequence[str] = ("tower0", "tower1")) -> None:
+        if keep_last < 1:
+            raise ValueError(f"keep_last must be at least 1, got {keep_last}")
+        for name in shard_names:
+            if not _SHARD_NAME.match(name) or name == SHARED:
+                raise ValueError(f"shard name {name!r} must be letters, digits, '-' or '_', and not {SHARED!r}")
+        if len(set(shard_names)) != len(shard_names):
+            raise ValueError(f"shard names repeat: {list(shard_names)}")
+        self.directory = Path(directory)
+        self.keep_last = keep_last
+        self.shard_names = tuple(shard_names)
+
+    # ---- writing
+
+    def staging_dir(self, step: int) -> Path:
+        return self.directory / STAGING / step_dir_name(step)
+
+    def write_shard(self, step: int, name: str, payload: dict[str, Any]) -> Path:
+        """Writes one shard of the checkpoint at `step` (any rank; one writer per name). Atomic per file."""
+        if name not in self.shard_names:
+            raise CheckpointError(f"shard {name!r} is not one of this store's shards {list(self.shard_names)}")
+        check_loadable(payload, where=f"shard {name!r}")
+        staging = self.staging_dir(step)
+        self._make_dirs(staging)
+        size, digest = _save_torch(staging / f"{name}.pt", {"format_version": FORMAT_VERSION, "step": step, "payload": payload})
+        # The sidecar follows the shard, so its presence proves the shard is whole.
+        _write_json_atomically(staging / f"{name}.json", {"file": f"{name}.pt", "bytes": size, "sha256": digest})
+        return staging / f"{name}.pt"
+
+    def _make_dirs(self, staging: Path) -> None:
+        """Creates the store and staging folders, fsyncing the parent of any new store folder so it survives a power loss."""
+        if not self.directory.exists():
+            self.directory.mkdir(parents=True, exist_ok=True)
+            fsync_dir(self.directory.parent)
+        staging.mkdir(parents=True, exist_ok=True)
+
+    def commit(self, step: int, shared: dict[str, Any], config: dict[str, Any]) -> CheckpointRef:
+        """Rank 0, after a barrier following every `write_shard`: makes the checkpoint at `step` visible.
+
+        `shared` is the state every rank shares (schedule, data position...);
+        `config` the job config as a JSON-able dict (`JobConfig.model_dump(mode="json")`).
+        """
+        check_loadable(shared, where="shared")
+        staging = self.staging_dir(step)
+        files = {name: self._read_sidecar(staging, name) for name in self.shard_names}
+        self._remove_strays(staging)
+        size, digest = _save_torch(staging / f"{SHARED}.pt", {"format_version": FORMAT_VERSION, "step": step, "payload": shared})
+        files[SHARED] = {"file": f"{SHARED}.pt", "bytes": size, "sha256": digest}
+        size, digest = _write_json_atomically(staging / CONFIG_FILE, config)
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "step": step,
+            "created_unix": time.time(),
+            "shards": {name: files[name] for name in self.shard_names},
+            "shared": files[SHARED],
+            "config": {"file": CONFIG_FILE, "bytes": size, "sha256": digest},
+        }
+        _write_json_atomically(staging / MARKER, manifest)
+        final = self._publish(staging, step)
+        self._clean_up(step)
+        return CheckpointRef(step=step, path=final, manifest=manifest)
+
+    def _read_sidecar(self, staging: Path, name: str) -> dict[str, Any]:
+        sidecar = staging / f"{name}.json"
+        if not sidecar.exists():
+            raise CheckpointError(
+                f"{staging}: shard {name!r} is missing ({sidecar.name} not found); "
+                "every shard's writer must finish write_shard before the barrier that precedes commit"
+            )
+        try:
+            return _parse_file_entry(json.loads(sidecar.read_text()))
+        except (ValueError, KeyError, TypeError) as err:
+            raise CheckpointError(f"{sidecar}: unreadable shard record: {err}") from None
+
+    def _remove_strays(self, staging: Path) -> None:
+        """Drops temporaries and files of other shard names left by an earlier, crashed attempt at this step.
+
+        Safe here: after the barrier no rank writes into this folder any more.
+        """
+        wanted = {f"{n}.pt" for n in self.shard_names} | {f"{n}.json" for n in self.shard_names}
+        for entry in staging.iterdir():
+            if entry.name not in wanted:
+                _remove(entry)
+
+    def _publish(self, staging: Path, step: int) -> Path:
+        """Renames the sealed staging folder into place; an older folder of the same step goes to the trash first."""
+        final = self.directory / step_dir_name(step)
+        if final.exists():
+            # A re-run of this step (resumed from an older checkpoint). Rename, don't
+            # delete in place: a crash mid-delete must not leave a torn visible folder.
+            self._to_trash(final)
+        os.replace(staging, final)
+        fsync_dir(self.directory)
+        fsync_dir(staging.parent)
+        return final
+
+    def _to_trash(self, path: Path) -> None:
+        trash = self.directory / TRASH
+        trash.mkdir(exist_ok=True)
+        os.replace(path, trash / f"{path.name}-{uuid.uuid4().hex[:8]}")
+        fsync_dir(self.directory)
+
+    def _clean_up(self, committed_step: int) -> None:
+        """Deletes stale staging folders and abandoned or surplus checkpoints, then empties the trash.
+
+        Committed checkpoints after `committed_step` come from a run that was
+        abandoned: this one resumed from an older checkpoint (the newest was
+        damaged, or a user chose). Kept, they would be what the next automatic
+        resume picks, jumping back to the abandoned run; so they go. Then the
+        newest `keep_last` remain, the one just committed always among them.
+        """
+        for entry in _list_dir(self.directory / STAGING):
+            step = parse_step_dir_name(entry.name)
+            # Later steps may belong to a rank already writing the next checkpoint: leave them.
+            if step is None or step <= committed_step:
+                _remove(entry)
+        committed = self.committed()
+        abandoned = [ref for ref in committed if ref.step > committed_step]
+        kept = [ref for ref in committed if ref.step <= committed_step]
+        for ref in abandoned + kept[: max(0, len(kept) - self.keep_last)]:
+            self._to_trash(ref.path)
+        for entry in _list_dir(self.directory / TRASH):
+            _remove(entry)
+
+    # ---- reading
+
+    def committed(self) -> list[CheckpointRef]:
+        """Every committed checkpoint, oldest first. Folders without a readable manifest are ignored."""
+        refs = []
+        for entry in _list_dir(self.directory):
+            step = parse_step_dir_name(entry.name)
+            if step is None or not (entry / MARKER).is_file():
+                continue
+            try:
+                manifest = json.loads((entry / MARKER).read_text())
+            except (OSError, ValueError) as err:
+                # The marker is renamed into place whole, so this is damage after the fact, not a crash.
+                warnings.warn(f"{entry / MARKER}: ignoring checkpoint with an unreadable manifest: {err}")
+                continue
+            refs.append(CheckpointRef(step=step, path=entry, manifest=manifest))
+        return sorted(refs, key=lambda ref: ref.step)
+
+    def latest(self) -> CheckpointRef | None:
+        """The newest committed checkpoint, or None when there is none."""
+        refs = self.committed()
+        return refs[-1] if refs else None
+
+    def load(self, ref: CheckpointRef, name: str, map_location: Any = "cpu") -> dict[str, Any]:
+        """The payload of shard `name` (or "shared"), checked against the manifest and loaded with weights_only."""
+        entry = self._manifest_entry(ref, name)
+        data = self._read_verified(ref.path / entry["file"], entry)
+        content = _torch_load(ref.path / entry["file"], data, map_location)
+        if not isinstance(content, dict) or "payload" not in content or content.get("step") != ref.step:
+            raise CheckpointError(f"{ref.path / entry['file']}: not a shard of step {ref.step}")
+        return content["payload"]
+
+    def verify(self, ref: CheckpointRef) -> None:
+        """Checks every file of the checkpoint against the manifest (size, SHA-256) without unpickling anything.
+
+        For an automatic resume that falls back to an older checkpoint when the newest is damaged.
+        """
+        for name in [*ref.shard_names, SHARED, CONFIG_FILE]:
+            entry = self._manifest_entry(ref, name)
+            self._read_verified(ref.path / entry["file"], entry)
+
+    def load_shared(self, ref: CheckpointRef, map_location: Any = "cpu") -> dict[str, Any]:
+        return self.load(ref, SHARED, map_location)
+
+    def load_config(self, ref: CheckpointRef) -> dict[str, Any]:
+        """The job config saved with the checkpoint, as the dict given to `commit`."""
+        entry = self._manifest_entry(ref, CONFIG_FILE)
+        path = ref.path / entry["file"]
+        try:
+            return json.loads(self._read_verified(path, entry))
+        except ValueError as err:
+            raise CheckpointError(f"{path}: not valid JSON: {err}") from None
+
+    def check_model_config(self, ref: CheckpointRef, model_cfg: dict[str, Any], fields: Iterable[str] | None = None) -> None:
+        """Raises CheckpointError listing every model field (all, or `fields`) that differs from the checkpoint's."""
+        path = ref.path / CONFIG_FILE
+        saved = self.load_config(ref).get("model")
+        if not isinstance(saved, dict):
+            raise CheckpointError(f"{path}: has no 'model' section")
+        # Through JSON, so tuples and lists (or 1 and 1.0) from either side compare equal.
+        saved = json.loads(json.dumps(saved))
+        running = json.loads(json.dumps(model_cfg, default=str))
+        names = sorted(set(saved) | set(running)) if fields is None else list(fields)
+        diffs = [
+            f"model.{n} is {saved.get(n, '<absent>')!r} in the checkpoint but {running.get(n, '<absent>')!r} in the running config"
+            for n in names
+            if saved.get(n, "<absent>") != running.get(n, "<absent>")
+        ]
+        if diffs:
+            raise CheckpointError(f"{path}: checkpoint does not fit this model: " + "; ".join(diffs))
+
+    def _manifest_entry(self, ref: CheckpointRef, name: str) -> dict[str, Any]:
+        marker = ref.path / MARKER
+        manifest = ref.manifest
+        if manifest.get("format_version") != FORMAT_VERSION:
+            raise CheckpointError(f"{marker}: format version {manifest.get('format_version')!r}, this code reads {FORMAT_VERSION}")
+        try:
+            if name == SHARED:
+                return _parse_file_entry(manifest["shared"])
+            if name == CONFIG_FILE:
+                return _parse_file_entry(manifest["config"])
+            shards = manifest["shards"]
+        except (KeyError, TypeError, ValueError) as err:
+            raise CheckpointError(f"{marker}: malformed manifest: {err}") from None
+        if name not in shards:
+            raise CheckpointError(f"{ref.path}: shard {name!r} is missing; the manifest lists {sorted(shards)}")
+        try:
+            return _parse_file_entry(shards[name])
+        except (KeyError, TypeError, ValueError) as err:
+            raise CheckpointError(f"{marker}: malformed entry for shard {name!r}: {err}") from None
+
+    @staticmethod
+    def _read_verified(path: Path, entry: dict[str, Any]) -> bytes:
+        """The file's bytes, after checking them against the size and digest the manifest recorded."""
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise CheckpointError(f"{path}: missing, though the manifest lists it") from None
+        except OSError as err:
+            raise CheckpointError(f"{path}: cannot read: {err.strerror}") from None
+        if len(data) != entry["bytes"]:
+            raise CheckpointError(f"{path}: truncated or altered: {len(data)} bytes, the manifest recorded {entry['bytes']}")
+        if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+            raise CheckpointError(f"{path}: corrupt: SHA-256 differs from the one the manifest recorded")
+        return data
+
+
+def _torch_load(path: Path, data: bytes, map_location: Any) -> Any:
+    """`torch.load(weights_only=True)`, with its failures turned into errors that name the file."""
+    try:
+        return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        detail = _weights_only_reason(str(err))
+        raise CheckpointError(
+            f"{path}: refused: loading it would need objects that weights_only loading does not allow ({detail}); "
+            "a checkpoint must never run code"
+        ) from None
+    except Exception as err:  # the zip reader raises RuntimeError, pickle may raise EOFError, ValueError...
+        raise CheckpointError(f"{path}: not a readable torch file: {type(err).__name__}: {err}") from None
+
+
+def _weights_only_reason(message: str) -> str:
+    """The line of torch's refusal that says what was refused (e.g. "unsupported GLOBAL posix.system")."""
+    boilerplate = ("Weights only load failed", "Check the documentation", "Please file an issue")
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    specific = [line for line in lines if not line.startswith(boilerplate)]
+    return " ".join(specific) if specific else (lines[0] if lines else "no reason given")
+
+
+def _parse_file_entry(entry: Any) -> dict[str, Any]:
+    if not isinstance(entry, dict):
+        raise TypeError(f"expected a mapping, got {type(entry).__name__}")
+    file, size, digest = entry["file"], entry["bytes"], entry["sha256"]
+    if not isinstance(file, str) or "/" in file or not isinstance(size, int) or not isinstance(digest, str):
+        raise ValueError(f"bad file entry {entry!r}")
+    return {"file": file, "bytes": size, "sha256": digest}
+
+
+def _list_dir(directory: Path) -> list[Path]:
+    try:
+        return list(directory.iterdir())
+    except FileNotFoundError:
+        return []
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------- RNG states
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """The global RNG states this process draws from, as tensors and numbers (weights_only-loadable).
+
+    Covers torch CPU, every visible CUDA device, numpy's global (legacy)
+    generator and Python's `random`. Generators the code owns (a
+    `numpy.random.Generator`, a `torch.Generator`) are not global: their owner
+    must save them.
+    """
+    np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    py_version, py_internal, py_gauss = random.getstate()
+    state: dict[str, Any] = {
+        "torch_cpu": torch.get_rng_state(),
+        "numpy": {
+            "kind": np_kind,
+            "keys": torch.from_numpy(np_keys.astype(np.int64)),  # uint32 values fit int64 exactly
+            "pos": int(np_pos),
+            "has_gauss": int(np_has_gauss),
+            "cached_gaussian": float(np_gauss),
+        },
+        "python": {
+            "version": py_version,
+            "internal": torch.tensor(py_internal, dtype=torch.int64),  # 624 words < 2**32 and the index
+            "gauss_next": py_gauss,
+        },
+        "torch_cuda": [],
+    }
+    if torch.cuda.is_available():
+        state["torch_cuda"] = [s.cpu() for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    """Puts back what `capture_rng_state` returned, so the next draws repeat those that followed the capture."""
+    torch.set_rng_state(state["torch_cpu"].to("cpu", torch.uint8))
+    np_state = state["numpy"]
+    np.random.set_state(
+        (
+            np_state["kind"],
+            np_state["keys"].cpu().numpy().astype(np.uint32),
+            np_state["pos"],
+            np_state["has_gauss"],
+            np_state["cached_gaussian"],
+        )
+    )
+    py_state = state["python"]
+    random.setstate((py_state["version"], tuple(int(x) for x in py_state["internal"].tolist()), py_state["gauss_next"]))
+    _restore_cuda(state.get("torch_cuda", []))
+
+
+def _restore_cuda(saved: list[torch.Tensor]) -> None:
+    available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if len(saved) != available:
+        # Resuming on another machine: whatever matches is restored, and exact
+        # reproduction of GPU dropout masks is not to be expected.
+        warnings.warn(f"checkpoint holds CUDA RNG states for {len(saved)} device(s), this process sees {available}")
+    for device, rng in enumerate(saved[:available]):
+        torch.cuda.set_rng_state(rng.to("cpu", torch.uint8), device)

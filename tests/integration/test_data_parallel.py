@@ -1,0 +1,47 @@
+"""Two pairs (4 gloo processes) equal one pair on the concatenated batch; checkpoints cross layouts."""
+
+from __future__ import annotations
+
+import torch
+
+from alexserve.checkpoint.store import CheckpointStore
+from alexserve.checkpoint.run_checkpointer import SHARD_NAMES
+from helpers.processes import run_scenario, start_ranks, wait_all
+from test_resume_export import JOB
+from test_two_tower_parity import assert_close
+
+
+def test_two_pairs_step_equals_one_pair_on_the_concatenated_batch(tmp_path):
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    run_scenario("data_parallel_step", tmp_path / "one", world_size=2)
+    run_scenario("data_parallel_step", tmp_path / "two", world_size=4, timeout=180)
+    for rank in (0, 1):
+        one = torch.load(tmp_path / "one" / f"rank{rank}.pt", weights_only=True)["weights"]
+        for source in (rank, rank + 2):  # both pairs hold the same tower weights afterwards
+            two = torch.load(tmp_path / "two" / f"rank{source}.pt", weights_only=True)["weights"]
+            for name, value in one.items():
+                assert_close(two[name], value, f"tower {rank} {name} (rank {source} of the 2-pair run)")
+
+
+def run_worker(world_size: int, run_dir, *extra: str) -> None:
+    procs = start_ranks(["-m", "alexserve.worker", *JOB, "--set", f"train.run_dir={run_dir}", *extra], world_size)
+    results = wait_all(procs, timeout=240)
+    for rank, (code, _, err) in enumerate(results):
+        assert code == 0, f"rank {rank}: {err[-2000:]}"
+    return results
+
+
+def test_checkpoints_move_between_one_and_two_pairs(tmp_path):
+    # 4 processes stop at the end of epoch 1 (4 steps of 2x32 images); 2 processes finish from there.
+    four_to_two = tmp_path / "four_to_two"
+    run_worker(4, four_to_two, "--set", "train.max_steps=4", "--set", "train.num_epochs=2")
+    store = CheckpointStore(four_to_two / "checkpoints", keep_last=3, shard_names=SHARD_NAMES)
+    assert store.latest().step == 4 and {p.name for p in store.latest().path.iterdir()} >= {"tower0.pt", "tower1.pt"}
+    results = run_worker(2, four_to_two, "--resume", "--set", "train.num_epochs=2")
+    assert "resumed from the checkpoint at step 4" in results[0][2]
+    assert store.latest().step == 4 + 8  # one more epoch of 8 single-pair steps
+    # And back: the 2-process checkpoint resumes in 4 processes.
+    results = run_worker(4, four_to_two, "--resume", "--set", "train.num_epochs=3")
+    assert "resumed from the checkpoint at step 12" in results[0][2]
+    assert store.latest().step == 12 + 4
