@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -26,12 +26,27 @@ class ConfigError(ValueError):
 class StrictModel(BaseModel):
     """Unknown fields are errors: a typo must not silently fall back to a default."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # No number may be NaN or infinite anywhere in a job: `allow_inf_nan=False` refuses them at every float field.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 def conv_output_size(size: int, kernel: int, stride: int, padding: int) -> int:
     return (size + 2 * padding - kernel) // stride + 1
 
+
+# Upper bounds: a value above them only wastes memory or processes (each is also said in its field's description).
+MAX_CLASSES = 100_000
+MAX_INPUT_SIZE = 1024
+MAX_CHANNELS = 4096
+MAX_KERNEL_SIDE = 15
+MAX_FC_NEURONS = 16384
+MAX_LOADER_WORKERS = 64
+MAX_GENERATED_IMAGES = 100_000
+MAX_BATCH_SIZE = 8192
+MAX_STEPS = 10**9
+
+ChannelCount = Annotated[int, Field(ge=1, le=MAX_CHANNELS)]
+KernelSide = Annotated[int, Field(ge=1, le=MAX_KERNEL_SIDE)]
 
 PAPER_BIAS_ONE_LAYERS = ("conv2", "conv4", "conv5", "fc6", "fc7")
 PAPER_INPUT_SIZE = 224
@@ -49,21 +64,30 @@ class ModelConfig(StrictModel):
     """The network of the paper's figure 2, split into two towers."""
 
     num_classes: int | None = Field(
-        None, ge=2, description="Classes of the softmax (fc8 outputs, split across the towers); None: the prepared tree's classes.json "
-        "(generated data: 10)."
+        None, ge=2, le=MAX_CLASSES, description="Classes of the softmax (fc8 outputs, split across the towers); None: the prepared "
+        f"tree's classes.json (generated data: 10). At most {MAX_CLASSES:,} (ImageNet-21k has 21,841)."
     )
     width: float = Field(1.0, gt=0.0, le=4.0, description="Multiplier on every layer's kernel and neuron count; 1.0 is the paper.")
-    input_size: int = Field(224, ge=1, description="Side of the square input crop (224 in the paper; 227 with conv1_padding 0 is Caffe's choice).")
-    conv1_padding: int = Field(2, ge=0, le=5, description="Zero padding of conv1; 2 makes a 224 input give 55x55 like the paper's 227-equivalent.")
-    tower_conv_channels: tuple[int, int, int, int, int] = Field(
-        (48, 128, 192, 192, 128), description="Kernels per tower in conv1..conv5 at width 1.0 (paper: 48/128/192/192/128)."
+    input_size: int = Field(
+        224, ge=1, le=MAX_INPUT_SIZE,
+        description=f"Side of the square input crop (224 in the paper; 227 with conv1_padding 0 is Caffe's choice); at most {MAX_INPUT_SIZE}.",
     )
-    conv_kernel_sizes: tuple[int, int, int, int, int] = Field((11, 5, 3, 3, 3), description="Kernel side of conv1..conv5.")
-    conv1_stride: int = Field(4, ge=1, description="Stride of conv1 (paper: 4).")
-    tower_fc_neurons: int = Field(2048, ge=1, description="Neurons per tower in fc6 and fc7 at width 1.0 (paper: 2048).")
-    pool_kernel: int = Field(3, ge=1, description="Max-pool window z (paper: 3, overlapping).")
-    pool_stride: int = Field(2, ge=1, description="Max-pool stride s (paper: 2).")
-    lrn_size: int = Field(5, ge=1, description="LRN neighbourhood n in channels (paper: 5).")
+    conv1_padding: int = Field(2, ge=0, le=5, description="Zero padding of conv1; 2 makes a 224 input give 55x55 like the paper's 227-equivalent.")
+    tower_conv_channels: tuple[ChannelCount, ChannelCount, ChannelCount, ChannelCount, ChannelCount] = Field(
+        (48, 128, 192, 192, 128),
+        description=f"Kernels per tower in conv1..conv5 at width 1.0 (paper: 48/128/192/192/128); each at most {MAX_CHANNELS}.",
+    )
+    conv_kernel_sizes: tuple[KernelSide, KernelSide, KernelSide, KernelSide, KernelSide] = Field(
+        (11, 5, 3, 3, 3), description=f"Kernel side of conv1..conv5; each at most {MAX_KERNEL_SIDE}."
+    )
+    conv1_stride: int = Field(4, ge=1, le=16, description="Stride of conv1 (paper: 4); at most 16.")
+    tower_fc_neurons: int = Field(
+        2048, ge=1, le=MAX_FC_NEURONS,
+        description=f"Neurons per tower in fc6 and fc7 at width 1.0 (paper: 2048); at most {MAX_FC_NEURONS}.",
+    )
+    pool_kernel: int = Field(3, ge=1, le=15, description="Max-pool window z (paper: 3, overlapping); at most 15.")
+    pool_stride: int = Field(2, ge=1, le=15, description="Max-pool stride s (paper: 2); at most 15.")
+    lrn_size: int = Field(5, ge=1, le=31, description="LRN neighbourhood n in channels (paper: 5); at most 31.")
     lrn_alpha: float = Field(1e-4, ge=0.0, description="LRN alpha as printed in the paper (1e-4).")
     lrn_alpha_convention: Literal["authors_code", "printed"] = Field(
         "authors_code",
@@ -79,7 +103,7 @@ class ModelConfig(StrictModel):
         "below the paper's size, where a fixed std 0.01 leaves the signal too small to learn. 'auto': paper at paper size "
         "(see `paper_sized`), he below.",
     )
-    init_weight_std: float = Field(0.01, gt=0.0, description="Weights start from N(0, std^2) with init_scheme 'paper' (paper: std 0.01).")
+    init_weight_std: float = Field(0.01, gt=0.0, le=1.0, description="Weights start from N(0, std^2) with init_scheme 'paper' (paper: std 0.01).")
     init_bias_one_layers: tuple[str, ...] | None = Field(
         None,
         description="Layers whose biases start at 1; the others start at 0. None: the paper's conv2, conv4, conv5, fc6, fc7 at "
@@ -92,8 +116,8 @@ class ModelConfig(StrictModel):
         "at paper size, unit below.",
     )
     pixel_std: float | None = Field(
-        None, gt=0.0, description="Std of the centred training pixels (0..255 units), measured from the data at start; "
-        "not set by hand."
+        None, gt=0.0, le=255.0, description="Std of the centred training pixels (0..255 units), measured from the data at "
+        "start; not set by hand."
     )
 
     @property
@@ -199,16 +223,28 @@ class DataConfig(StrictModel):
         None, description="Mean image and RGB PCA written by `alexserve prepare` (stats.npz); None: the one beside train_dir."
     )
     loader: Literal["dali", "pil"] = Field("dali", description="'dali' (the paper's path on NVIDIA DALI) or 'pil' (PIL + torch DataLoader peer).")
-    num_workers: int = Field(2, ge=0, description="Decode/augment threads (DALI) or processes (PIL) per rank.")
-    prefetch_batches: int = Field(2, ge=1, description="Batches prepared ahead of the one training.")
+    num_workers: int = Field(
+        2, ge=0, le=MAX_LOADER_WORKERS,
+        description=f"Decode/augment threads (DALI) or processes (PIL) per rank; at most {MAX_LOADER_WORKERS}.",
+    )
+    prefetch_batches: int = Field(2, ge=1, le=16, description="Batches prepared ahead of the one training; at most 16.")
     scale_size: int | None = Field(
-        None, ge=1, description="Shorter side after rescale and side of the central square kept (paper: 256); None: the prepared "
-        "tree's (stats.npz), or the paper's 256:224 ratio to model.input_size for generated data."
+        None, ge=1, le=2 * MAX_INPUT_SIZE, description="Shorter side after rescale and side of the central square kept (paper: "
+        "256); None: the prepared tree's (stats.npz), or the paper's 256:224 ratio to model.input_size for generated data. "
+        f"At most {2 * MAX_INPUT_SIZE}."
     )
     flip_probability: float = Field(0.5, ge=0.0, le=1.0, description="Chance of a horizontal reflection (paper: 0.5).")
-    pca_lighting_std: float = Field(0.1, ge=0.0, description="Std of the per-image, per-component PCA lighting coefficient (paper: 0.1).")
-    generated_train_images: int = Field(2048, ge=1, description="Images in the generated training set.")
-    generated_val_images: int = Field(512, ge=1, description="Images in the generated validation set.")
+    pca_lighting_std: float = Field(
+        0.1, ge=0.0, le=10.0, description="Std of the per-image, per-component PCA lighting coefficient (paper: 0.1); at most 10."
+    )
+    generated_train_images: int = Field(
+        2048, ge=1, le=MAX_GENERATED_IMAGES,
+        description=f"Images in the generated training set, held in memory; at most {MAX_GENERATED_IMAGES:,}.",
+    )
+    generated_val_images: int = Field(
+        512, ge=1, le=MAX_GENERATED_IMAGES,
+        description=f"Images in the generated validation set, held in memory; at most {MAX_GENERATED_IMAGES:,}.",
+    )
 
     @model_validator(mode="after")
     def _check_source(self) -> "DataConfig":
@@ -220,40 +256,44 @@ class DataConfig(StrictModel):
 class OptimConfig(StrictModel):
     """The paper's SGD and learning-rate schedule."""
 
-    learning_rate: float = Field(0.01, gt=0.0, description="Initial learning rate for every layer (paper: 0.01).")
+    learning_rate: float = Field(
+        0.01, gt=0.0, le=1000.0, description="Initial learning rate for every layer (paper: 0.01); finite, at most 1000."
+    )
     momentum: float = Field(0.9, ge=0.0, lt=1.0, description="Momentum (paper: 0.9).")
-    weight_decay: float = Field(5e-4, ge=0.0, description="Weight decay (paper: 0.0005), applied as in the paper's update rule.")
-    lr_divisor: float = Field(10.0, gt=1.0, description="The learning rate is divided by this when validation error plateaus (paper: 10).")
+    weight_decay: float = Field(5e-4, ge=0.0, le=1.0, description="Weight decay (paper: 0.0005), applied as in the paper's update rule.")
+    lr_divisor: float = Field(10.0, gt=1.0, le=1e6, description="The learning rate is divided by this when validation error plateaus (paper: 10).")
     plateau_patience: int = Field(
-        3, ge=1, description="Epochs in a row without a real improvement of the validation error before the learning rate drops."
+        3, ge=1, le=1000, description="Epochs in a row without a real improvement of the validation error before the learning rate drops."
     )
     plateau_min_relative_improvement: float = Field(
         0.02, ge=0.0, lt=1.0, description="An epoch improves only if its validation error is below best * (1 - this): "
         "a lower error by a hair (one or two images of noise) does not reset the patience."
     )
     warmup_epochs: float | None = Field(
-        None, ge=0.0, description="The learning rate ramps up linearly from 0 over this many epochs. None: 0 at paper size, "
+        None, ge=0.0, le=1000.0, description="The learning rate ramps up linearly from 0 over this many epochs. None: 0 at paper size, "
         f"{REDUCED_NET_WARMUP_EPOCHS:g} below (a departure: a He-initialised narrow net takes steps too large at first)."
     )
-    max_lr_reductions: int = Field(3, ge=0, description="Reductions before training stops (paper: three).")
+    max_lr_reductions: int = Field(3, ge=0, le=20, description="Reductions before training stops (paper: three); at most 20.")
 
 
 class TrainConfig(StrictModel):
     """The training run itself."""
 
-    batch_size: int = Field(128, ge=1, description="Images per step, seen by both towers (paper: 128).")
-    num_epochs: int = Field(90, ge=1, description="Passes over the training set (paper: about 90).")
-    max_steps: int | None = Field(None, ge=1, description="Stop after this many steps (for demos and tests); None runs all epochs.")
-    seed: int = Field(0, description="Seeds weights, data order, augmentation and dropout.")
-    log_every_steps: int = Field(10, ge=1, description="Steps per progress line.")
+    batch_size: int = Field(
+        128, ge=1, le=MAX_BATCH_SIZE, description=f"Images per step, seen by both towers (paper: 128); at most {MAX_BATCH_SIZE}."
+    )
+    num_epochs: int = Field(90, ge=1, le=100_000, description="Passes over the training set (paper: about 90); at most 100,000.")
+    max_steps: int | None = Field(None, ge=1, le=MAX_STEPS, description="Stop after this many steps (for demos and tests); None runs all epochs.")
+    seed: int = Field(0, ge=0, le=2**63 - 1, description="Seeds weights, data order, augmentation and dropout (0 .. 2^63-1).")
+    log_every_steps: int = Field(10, ge=1, le=MAX_STEPS, description="Steps per progress line.")
     dtype: Literal["float32", "float64"] = Field("float32", description="Parameter and activation dtype (float64 for exactness tests).")
     run_dir: Path = Field(Path("runs/default"), description="Where history, plots and checkpoints of this job go.")
     checkpoint_dir: Path | None = Field(None, description="Checkpoint folder; None means run_dir/checkpoints.")
-    checkpoint_every_steps: int | None = Field(None, ge=1, description="Also checkpoint every this many steps (every epoch end always).")
-    keep_last_checkpoints: int = Field(3, ge=1, description="Committed checkpoints kept; older ones are deleted.")
-    ten_crop_every_epochs: int = Field(1, ge=1, description="Evaluate ten crops every this many epochs (centre crop: every epoch).")
+    checkpoint_every_steps: int | None = Field(None, ge=1, le=MAX_STEPS, description="Also checkpoint every this many steps (every epoch end always).")
+    keep_last_checkpoints: int = Field(3, ge=1, le=1000, description="Committed checkpoints kept; older ones are deleted. At most 1000.")
+    ten_crop_every_epochs: int = Field(1, ge=1, le=100_000, description="Evaluate ten crops every this many epochs (centre crop: every epoch).")
     divergence_loss_factor: float = Field(
-        10.0, gt=1.0, allow_inf_nan=False,
+        10.0, gt=1.0, le=1e6,
         description="Training stops as diverged (exit code 4, no checkpoint) at a step whose loss is over this many times "
         "the start: max(ln(num_classes), the first step's loss). A loss that is not finite always stops it.",
     )
