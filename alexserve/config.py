@@ -18,6 +18,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from alexserve.untrusted_files import UntrustedFileError, load_yaml, read_small_regular_file
+
 
 class ConfigError(ValueError):
     """A configuration that cannot be used; the message names file and fields."""
@@ -367,7 +369,11 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like section.field=value")
         key, raw = item.split("=", 1)
-        parsed.append((key.strip(), yaml.safe_load(raw)))
+        try:
+            value = load_yaml(raw)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"override {item!r}: not a YAML value: {err}") from None
+        parsed.append((key.strip(), value))
     return parsed
 
 
@@ -382,15 +388,19 @@ def build_config(base: dict[str, Any], overrides: list[str] = (), origin: str = 
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
-    """A YAML or JSON mapping; errors name the file."""
+    """A YAML or JSON mapping; errors name the file. Refused before parsing unless a small regular file; no YAML aliases."""
     try:
-        text = Path(path).read_text()
-    except OSError as err:
-        raise ConfigError(f"{path}: cannot read config: {err.strerror}") from None
+        data = read_small_regular_file(Path(path))
+        text = data.decode("utf-8")
+    except UntrustedFileError as err:
+        raise ConfigError(str(err)) from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text: {err.reason} at byte {err.start}") from None
+    is_json = str(path).endswith(".json")
     try:
-        tree = json.loads(text) if str(path).endswith(".json") else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as err:
-        raise ConfigError(f"{path}: not valid {'JSON' if str(path).endswith('.json') else 'YAML'}: {err}") from None
+        tree = json.loads(text) if is_json else load_yaml(text)
+    except (json.JSONDecodeError, yaml.YAMLError, RecursionError) as err:
+        raise ConfigError(f"{path}: not valid {'JSON' if is_json else 'YAML'}: {err}") from None
     if tree is None:
         tree = {}
     if not isinstance(tree, dict):

@@ -1,0 +1,59 @@
+"""Reading files and YAML that someone else wrote: bounded in size, regular files only, no YAML aliases.
+
+A job spec may come from anyone who can reach the supervisor. A path naming
+`/dev/zero`, a FIFO or a huge file, or a YAML "billion laughs" built from
+anchors and aliases, must cost one clear error, not memory or a hang. Torch-free:
+the supervisor reads specs through it.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+MAX_CONFIG_BYTES = 1024 * 1024  # a job spec is a few hundred bytes; a megabyte is far beyond any real one
+
+
+class UntrustedFileError(ValueError):
+    """A file or text refused before or while parsing; the message names the file and the reason."""
+
+
+def read_small_regular_file(path: Path, max_bytes: int = MAX_CONFIG_BYTES) -> bytes:
+    """The bytes of `path`, refused unless it is a regular file of at most `max_bytes`."""
+    try:
+        # O_NONBLOCK: opening a FIFO must not wait for a writer; fstat then tells what was really opened.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as err:
+        raise UntrustedFileError(f"{path}: cannot read: {err.strerror}") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise UntrustedFileError(f"{path}: not a regular file (a device, FIFO, socket or folder)")
+    with os.fdopen(fd, "rb") as file:
+        if info.st_size > max_bytes:
+            raise UntrustedFileError(f"{path}: {info.st_size:,} bytes, over the limit of {max_bytes:,}")
+        data = file.read(max_bytes + 1)
+    if len(data) > max_bytes:  # it grew while we read it
+        raise UntrustedFileError(f"{path}: over the limit of {max_bytes:,} bytes")
+    return data
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """SafeLoader that refuses aliases (`*name`): they are how a few hundred bytes expand to gigabytes."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, f"YAML aliases (*{event.anchor}) are not allowed in a job spec", event.start_mark
+            )
+        return super().compose_node(parent, index)
+
+
+def load_yaml(text: str | bytes) -> Any:
+    """yaml.safe_load without aliases. Raises yaml.YAMLError, like safe_load."""
+    return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 (a SafeLoader subclass)
