@@ -23,7 +23,9 @@ def requirements(pyproject_path: str, extras: list[str]) -> list[str]:
     optional = project.get("optional-dependencies", {})
     missing = [extra for extra in extras if extra not in optional]
     if missing:
-        raise SystemExit(f"{pyproject_path}: no extra named {', '.join(missing)} (known: {', '.join(sorted(optional))})")
+        raise SystemExit(
+            f"{pyproject_path}: no extra named {', '.join(missing)} (known: {', '.join(sorted(optional))})"
+        )
     lines = list(project.get("dependencies", []))
     for extra in extras:
         lines.extend(optional[extra])

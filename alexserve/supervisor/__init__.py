@@ -1,15 +1,22 @@
-"""Job control and metrics: the service users talk to.
+"""Job control and metrics: the service users talk to (its commands: alexserve/cli/supervisor.py and job.py).
 
-    server        `alexserve supervisor`: control socket, worker groups, state machine, /metrics
-    client        `alexserve job submit|list|status|pause|resume|stop|cancel|checkpoint-now|logs`
-    spec          the job spec (a JobConfig plus restart budget and run dir)
-    jobs          job records, states, atomic persistence
-    protocol      control requests and replies (client <-> supervisor)
-    messages      worker reports and commands (worker <-> supervisor)
-    worker_link   the worker's end: `SupervisorChannel.from_env(rank)`
-    metrics       the Prometheus registry
-    http_endpoint /metrics and /healthz
-    process       torchrun launch, process-tree kill, leftover cleanup
-    launcher      runs torchrun so it dies with the supervisor
-    auth          token and loopback rules
+    service          the one-thread poll loop: control socket, worker channels, lifecycle tick; /metrics
+    verbs            one handler per control verb (submit, list, status, pause, resume, stop, ...)
+    lifecycle        worker groups over a job's life: launch, reap, relaunch within the budget, kill
+    channels         the worker channels: reports in (PULL), commands to each job's rank 0 (ROUTER)
+    states           the job state machine as data, and `transition`, the only state setter
+    jobs             job records and their atomic persistence (durable.write_through)
+    options          ServerOptions: what `alexserve supervisor`'s flags become
+    control_messages control requests and replies (client <-> supervisor), the one list of verbs
+    client           `Client`: the REQ end of the control socket
+    spec             the job spec (a JobConfig plus restart budget and run dir)
+    metrics          the Prometheus registry
+    http_endpoint    /metrics and /healthz
+    process          torchrun launch, process-tree kill, leftover cleanup (psutil)
+    launcher         runs torchrun so it dies with the supervisor
+    auth             token and loopback rules
+
+What workers send and receive is in alexserve/contract/ (worker_messages,
+supervisor_channel), shared with the training side; the supervisor never
+imports torch.
 """

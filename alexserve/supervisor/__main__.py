@@ -2,7 +2,7 @@
 
 import sys
 
-from alexserve.supervisor.server import main
+from alexserve.cli.supervisor import main
 
 if __name__ == "__main__":
     sys.exit(main())

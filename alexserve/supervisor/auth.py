@@ -17,6 +17,7 @@ import socket
 from pathlib import Path
 
 from alexserve.contract.names import ENV_TOKEN
+
 MIN_TOKEN_LENGTH = 16
 
 
@@ -71,7 +72,7 @@ def zmq_endpoint_host(endpoint: str) -> str | None:
         return None
     if not endpoint.startswith("tcp://"):
         raise AuthError(f"control endpoint {endpoint!r}: use tcp://HOST:PORT or ipc://PATH")
-    rest = endpoint[len("tcp://"):]
+    rest = endpoint[len("tcp://") :]
     host, sep, _port = rest.rpartition(":")
     if not sep:
         raise AuthError(f"control endpoint {endpoint!r} has no port")

@@ -12,12 +12,17 @@ One request frame, one reply frame, both JSON objects. A request names its
 Every reply is `{"ok": true, "result": ...}` or `{"ok": false, "error": "..."}`;
 anything malformed (not JSON, wrong types, unknown verb, too large) gets an
 error reply, never silence.
+
+`REQUESTS` is the one list of verbs: the request union, `VERBS`, the
+supervisor's handler table (`verbs.py`) and the `alexserve job` subcommands
+(`alexserve/cli/job.py`) are all derived from it. Each request's docstring is
+its subcommand's help.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Union, get_args
 
 from pydantic import Field, TypeAdapter, ValidationError
 
@@ -33,6 +38,8 @@ Token = Annotated[str | None, Field(None, max_length=512)]
 
 
 class SubmitRequest(Message):
+    """Validate a job spec (YAML/JSON) and queue it."""
+
     verb: Literal["submit"]
     spec: dict[str, Any]
     origin: str = Field("job spec", max_length=512, description="Where the spec came from, for error messages.")
@@ -40,55 +47,93 @@ class SubmitRequest(Message):
 
 
 class ListRequest(Message):
+    """Every job and its state."""
+
     verb: Literal["list"]
     token: Token = None
 
 
 class PingRequest(Message):
+    """Is the supervisor up: its uptime and job counts."""
+
     verb: Literal["ping"]
     token: Token = None
 
 
-class _JobRequest(Message):
+class JobRequest(Message):
+    """A request about one job (its id is the subcommand's argument)."""
+
     job_id: JobId
     token: Token = None
 
 
-class StatusRequest(_JobRequest):
+class StatusRequest(JobRequest):
+    """One job in detail."""
+
     verb: Literal["status"]
 
 
-class PauseRequest(_JobRequest):
+class PauseRequest(JobRequest):
+    """Pause a running job (both ranks at the same step)."""
+
     verb: Literal["pause"]
 
 
-class ResumeRequest(_JobRequest):
+class ResumeRequest(JobRequest):
+    """Resume a paused job, or relaunch a stopped/failed/cancelled one from its checkpoint."""
+
     verb: Literal["resume"]
 
 
-class StopRequest(_JobRequest):
+class StopRequest(JobRequest):
+    """Checkpoint, then exit cleanly."""
+
     verb: Literal["stop"]
 
 
-class CancelRequest(_JobRequest):
+class CancelRequest(JobRequest):
+    """Kill the job's workers now."""
+
     verb: Literal["cancel"]
 
 
-class CheckpointNowRequest(_JobRequest):
+class CheckpointNowRequest(JobRequest):
+    """Write a checkpoint at the next step and keep training."""
+
     verb: Literal["checkpoint_now"]
 
 
-class LogsRequest(_JobRequest):
+class LogsRequest(JobRequest):
+    """The tail of the job's worker log."""
+
     verb: Literal["logs"]
     lines: int = Field(50, ge=1, le=MAX_LOG_LINES)
 
 
-Request = Annotated[
-    Union[SubmitRequest, ListRequest, PingRequest, StatusRequest, PauseRequest, ResumeRequest, StopRequest,
-          CancelRequest, CheckpointNowRequest, LogsRequest],
-    Field(discriminator="verb"),
-]
-VERBS = ("submit", "list", "ping", "status", "pause", "resume", "stop", "cancel", "checkpoint_now", "logs")
+REQUESTS: tuple[type[Message], ...] = (
+    SubmitRequest,
+    ListRequest,
+    PingRequest,
+    StatusRequest,
+    PauseRequest,
+    ResumeRequest,
+    StopRequest,
+    CancelRequest,
+    CheckpointNowRequest,
+    LogsRequest,
+)
+"""Every control request, one per verb: the single list the rest is derived from."""
+
+
+def verb_of(model: type[Message]) -> str:
+    """The verb a request model answers to (its `verb` field's one literal value)."""
+    (verb,) = get_args(model.model_fields["verb"].annotation)
+    return verb
+
+
+VERBS: tuple[str, ...] = tuple(verb_of(model) for model in REQUESTS)
+REQUEST_BY_VERB: dict[str, type[Message]] = dict(zip(VERBS, REQUESTS))
+Request = Annotated[Union[REQUESTS], Field(discriminator="verb")]  # noqa: UP007 (a Union of a tuple)
 _REQUEST = TypeAdapter(Request)
 
 

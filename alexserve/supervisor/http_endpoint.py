@@ -40,7 +40,7 @@ def make_app(registry: CollectorRegistry, health: Callable[[], dict], token: str
         if path == "/metrics":
             if token is not None:
                 header = environ.get("HTTP_AUTHORIZATION", "")
-                given = header[len("Bearer "):] if header.startswith("Bearer ") else None
+                given = header[len("Bearer ") :] if header.startswith("Bearer ") else None
                 if not tokens_match(token, given):
                     start_response("401 Unauthorized", [("Content-Type", "text/plain"), ("WWW-Authenticate", "Bearer")])
                     return [b"unauthorized: send Authorization: Bearer TOKEN\n"]
@@ -54,8 +54,12 @@ def make_app(registry: CollectorRegistry, health: Callable[[], dict], token: str
 class MetricsServer:
     """Serves /metrics and /healthz on (host, port) from a daemon thread; port 0 picks a free one."""
 
-    def __init__(self, host: str, port: int, registry: CollectorRegistry, health: Callable[[], dict], token: str | None) -> None:
-        self.httpd = make_server(host, port, make_app(registry, health, token), _ThreadingWSGIServer, handler_class=_QuietHandler)
+    def __init__(
+        self, host: str, port: int, registry: CollectorRegistry, health: Callable[[], dict], token: str | None
+    ) -> None:
+        self.httpd = make_server(
+            host, port, make_app(registry, health, token), _ThreadingWSGIServer, handler_class=_QuietHandler
+        )
         self.host, self.port = host, self.httpd.server_port
         self.thread = threading.Thread(target=self.httpd.serve_forever, name="alexserve-metrics", daemon=True)
 

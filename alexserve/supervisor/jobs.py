@@ -1,21 +1,8 @@
-"""Job records, their state machine, and their crash-safe home on disk.
-
-States and the transitions the supervisor makes:
-
-    queued --launch--> running <--pause/resume--> paused
-    running|paused --stop--> stopping --exit 0--> stopped
-    running|paused --exit 0--> completed
-    running|paused --worker died--> running (relaunched from the newest checkpoint, restarts += 1)
-                                   or failed (restart budget used up; the reason is recorded)
-    queued|running|paused|stopping --cancel--> cancelled (the worker group is killed)
-    stopped|failed|cancelled --resume--> queued (relaunched from the newest checkpoint)
-
-`stopped` is a final state beside the issue's list: a job stopped on request
-exited cleanly after a checkpoint, which is neither "completed" nor "failed".
+"""Job records and their crash-safe home on disk (the states they move through: `states.py`).
 
 Layout under the state dir, one folder per job:
 
-    jobs/job-7/job.json      the record (written atomically: temp file, fsync, rename, fsync folder)
+    jobs/job-7/job.json      the record (durable.write_through: temp file, fsync, rename, fsync folder)
     jobs/job-7/config.json   the JobConfig the workers read
     jobs/job-7/worker.log    torchrun's and the workers' output, every attempt appended
     jobs/job-7/run/          the default run dir (history, checkpoints/)
@@ -27,28 +14,16 @@ import json
 import os
 import re
 import time
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
-from alexserve.durable import write_atomically
 
+from alexserve.durable import write_through
+from alexserve.supervisor.states import JobState
 
-class JobState(str, Enum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    PAUSED = "paused"
-    STOPPING = "stopping"
-    STOPPED = "stopped"
-    COMPLETED = "completed"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
+__all__ = ["JobRecord", "JobState", "JobStore", "tail_lines"]
 
-
-ACTIVE_STATES = frozenset({JobState.RUNNING, JobState.PAUSED, JobState.STOPPING})
-FINAL_STATES = frozenset({JobState.STOPPED, JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED})
-RESUMABLE_STATES = frozenset({JobState.STOPPED, JobState.FAILED, JobState.CANCELLED})
 JOB_ID_PATTERN = re.compile(r"^job-(\d+)$")
 
 
@@ -59,7 +34,7 @@ class JobRecord(BaseModel):
 
     id: str
     name: str | None = None
-    state: JobState = JobState.QUEUED
+    state: JobState = Field(JobState.QUEUED, description="Changed only by states.transition.")
     reason: str = Field("", description="Why the job is in its state (failure cause, who stopped it, ...).")
     spec: dict[str, Any]
     run_dir: str
@@ -84,8 +59,14 @@ class JobRecord(BaseModel):
 
     def summary(self) -> dict[str, Any]:
         return {
-            "id": self.id, "name": self.name, "state": self.state.value, "step": self.step, "epoch": self.epoch,
-            "restarts": self.restarts_total, "reason": self.reason, "created_at": self.created_at,
+            "id": self.id,
+            "name": self.name,
+            "state": self.state.value,
+            "step": self.step,
+            "epoch": self.epoch,
+            "restarts": self.restarts_total,
+            "reason": self.reason,
+            "created_at": self.created_at,
         }
 
 
@@ -110,11 +91,13 @@ class JobStore:
         record.updated_at = time.time()
         directory = self.job_dir(record.id)
         directory.mkdir(parents=True, exist_ok=True)
-        write_atomically(directory / "job.json", record.model_dump_json(indent=2).encode())
+        data = record.model_dump_json(indent=2).encode()
+        write_through(directory / "job.json", lambda f: f.write(data))
 
     def write_config(self, job_id: str, config: dict[str, Any]) -> Path:
         path = self.config_path(job_id)
-        write_atomically(path, json.dumps(config, indent=2).encode())
+        data = json.dumps(config, indent=2).encode()
+        write_through(path, lambda f: f.write(data))
         return path
 
     def load_all(self) -> tuple[dict[str, JobRecord], list[str]]:
@@ -134,8 +117,11 @@ class JobStore:
         return records, problems
 
     def next_id(self, known: dict[str, JobRecord]) -> str:
-        used = [int(m.group(1)) for name in list(known) + [p.name for p in self.jobs_dir.iterdir()]
-                if (m := JOB_ID_PATTERN.match(name))]
+        used = [
+            int(m.group(1))
+            for name in list(known) + [p.name for p in self.jobs_dir.iterdir()]
+            if (m := JOB_ID_PATTERN.match(name))
+        ]
         return f"job-{max(used, default=0) + 1}"
 
 

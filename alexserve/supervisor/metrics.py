@@ -16,13 +16,10 @@ from importlib import metadata
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 import alexserve
-from alexserve.supervisor.jobs import JobState
 from alexserve.contract.names import EXCHANGE_DIRECTIONS, TIMED_EXCHANGE_POINTS
-from alexserve.contract.worker_messages import (
-    CheckpointEvent,
-    EvalReport,
-    StepReport,
-)
+from alexserve.contract.worker_messages import CheckpointEvent, EvalReport, StepReport
+from alexserve.supervisor.control_messages import VERBS
+from alexserve.supervisor.states import JobState
 
 try:  # _created series double the output and mean nothing to a dashboard
     from prometheus_client import disable_created_metrics
@@ -34,7 +31,8 @@ except ImportError:  # pragma: no cover - older prometheus-client
 RANKS = ("0", "1")  # the two towers of the one pair torchrun starts; more ranks add series when they report
 CROPS = ("center", "ten_crop")
 STEP_SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
-CONTROL_VERBS = ("submit", "list", "ping", "status", "pause", "resume", "stop", "cancel", "checkpoint_now", "logs", "invalid")
+INVALID_VERB = "invalid"  # the label of a request whose verb is missing or unknown
+CONTROL_VERBS = (*VERBS, INVALID_VERB)
 CONTROL_OUTCOMES = ("ok", "error", "unauthorized")
 REJECT_REASONS = ("malformed", "unknown_job", "unauthorized")
 
@@ -53,36 +51,80 @@ class SupervisorMetrics:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         r = self.registry
         self.build = Info("alexserve_build", "alexserve, Python and torch versions of the supervisor.", registry=r)
-        self.build.info({"version": alexserve.__version__, "python_version": platform.python_version(),
-                         "torch_version": _package_version("torch")})
+        self.build.info(
+            {
+                "version": alexserve.__version__,
+                "python_version": platform.python_version(),
+                "torch_version": _package_version("torch"),
+            }
+        )
 
         self.images = Counter("alexserve_train_images", "Images trained on (counted once per tower pair).", registry=r)
-        self.pair_images = Counter("alexserve_pair_train_images", "Images trained on by each tower pair (data parallel).",
-                                   ["pair"], registry=r)
+        self.pair_images = Counter(
+            "alexserve_pair_train_images", "Images trained on by each tower pair (data parallel).", ["pair"], registry=r
+        )
         self.steps = Counter("alexserve_train_steps", "Optimizer steps done (counted on global rank 0).", registry=r)
-        self.step_seconds = Histogram("alexserve_train_step_duration_seconds", "Duration of one training step.",
-                                      ["rank"], buckets=STEP_SECONDS_BUCKETS, registry=r)
-        self.data_wait = Counter("alexserve_train_data_wait_seconds", "Time spent waiting for input batches.", ["rank"], registry=r)
-        self.exchange_seconds = Counter("alexserve_exchange_seconds",
-                                        "Time in tower-to-tower exchanges (including waiting for the peer).",
-                                        ["rank", "point", "direction"], registry=r)
-        self.exchange_bytes = Counter("alexserve_exchange_bytes", "Bytes sent to the peer tower.",
-                                      ["rank", "point", "direction"], registry=r)
-        self.loss = Gauge("alexserve_train_loss", "Mean training loss of the last report interval (global rank 0).", registry=r)
+        self.step_seconds = Histogram(
+            "alexserve_train_step_duration_seconds",
+            "Duration of one training step.",
+            ["rank"],
+            buckets=STEP_SECONDS_BUCKETS,
+            registry=r,
+        )
+        self.data_wait = Counter(
+            "alexserve_train_data_wait_seconds", "Time spent waiting for input batches.", ["rank"], registry=r
+        )
+        self.exchange_seconds = Counter(
+            "alexserve_exchange_seconds",
+            "Time in tower-to-tower exchanges (including waiting for the peer).",
+            ["rank", "point", "direction"],
+            registry=r,
+        )
+        self.exchange_bytes = Counter(
+            "alexserve_exchange_bytes", "Bytes sent to the peer tower.", ["rank", "point", "direction"], registry=r
+        )
+        self.loss = Gauge(
+            "alexserve_train_loss", "Mean training loss of the last report interval (global rank 0).", registry=r
+        )
         self.learning_rate = Gauge("alexserve_train_learning_rate", "Current learning rate.", registry=r)
         self.epoch = Gauge("alexserve_train_epoch", "Epoch being trained (zero-based).", registry=r)
-        self.top1 = Gauge("alexserve_validation_top1_error_ratio", "Validation top-1 error after the last epoch (0..1).", ["crop"], registry=r)
-        self.top5 = Gauge("alexserve_validation_top5_error_ratio", "Validation top-5 error after the last epoch (0..1).", ["crop"], registry=r)
-        self.device_memory = Gauge("alexserve_device_memory_bytes",
-                                   "Device memory allocated by the rank (resident memory on CPU).", ["rank"], registry=r)
+        self.top1 = Gauge(
+            "alexserve_validation_top1_error_ratio",
+            "Validation top-1 error after the last epoch (0..1).",
+            ["crop"],
+            registry=r,
+        )
+        self.top5 = Gauge(
+            "alexserve_validation_top5_error_ratio",
+            "Validation top-5 error after the last epoch (0..1).",
+            ["crop"],
+            registry=r,
+        )
+        self.device_memory = Gauge(
+            "alexserve_device_memory_bytes",
+            "Device memory allocated by the rank (resident memory on CPU).",
+            ["rank"],
+            registry=r,
+        )
         self.jobs = Gauge("alexserve_jobs", "Jobs known to the supervisor, by state.", ["state"], registry=r)
         self.restarts = Counter("alexserve_worker_restarts", "Worker-group relaunches after a worker died.", registry=r)
-        self.divergences = Counter("alexserve_train_divergences",
-                                   "Jobs failed because training diverged (non-finite or runaway loss; not relaunched).", registry=r)
-        self.last_checkpoint = Gauge("alexserve_last_checkpoint_timestamp_seconds", "Unix time of the newest committed checkpoint.", registry=r)
-        self.control_requests = Counter("alexserve_control_requests", "Control requests answered, by verb and outcome.",
-                                        ["verb", "outcome"], registry=r)
-        self.reports_rejected = Counter("alexserve_worker_reports_rejected", "Worker messages dropped, by reason.", ["reason"], registry=r)
+        self.divergences = Counter(
+            "alexserve_train_divergences",
+            "Jobs failed because training diverged (non-finite or runaway loss; not relaunched).",
+            registry=r,
+        )
+        self.last_checkpoint = Gauge(
+            "alexserve_last_checkpoint_timestamp_seconds", "Unix time of the newest committed checkpoint.", registry=r
+        )
+        self.control_requests = Counter(
+            "alexserve_control_requests",
+            "Control requests answered, by verb and outcome.",
+            ["verb", "outcome"],
+            registry=r,
+        )
+        self.reports_rejected = Counter(
+            "alexserve_worker_reports_rejected", "Worker messages dropped, by reason.", ["reason"], registry=r
+        )
 
         for rank in RANKS:
             self._create_rank_series(rank)
@@ -143,12 +185,25 @@ class SupervisorMetrics:
 
 
 METRIC_NAMES = (
-    "alexserve_build_info", "alexserve_train_images_total", "alexserve_pair_train_images_total", "alexserve_train_steps_total",
-    "alexserve_train_step_duration_seconds", "alexserve_train_data_wait_seconds_total", "alexserve_exchange_seconds_total",
-    "alexserve_exchange_bytes_total", "alexserve_train_loss", "alexserve_train_learning_rate", "alexserve_train_epoch",
-    "alexserve_validation_top1_error_ratio", "alexserve_validation_top5_error_ratio", "alexserve_device_memory_bytes",
-    "alexserve_jobs", "alexserve_worker_restarts_total", "alexserve_train_divergences_total",
+    "alexserve_build_info",
+    "alexserve_train_images_total",
+    "alexserve_pair_train_images_total",
+    "alexserve_train_steps_total",
+    "alexserve_train_step_duration_seconds",
+    "alexserve_train_data_wait_seconds_total",
+    "alexserve_exchange_seconds_total",
+    "alexserve_exchange_bytes_total",
+    "alexserve_train_loss",
+    "alexserve_train_learning_rate",
+    "alexserve_train_epoch",
+    "alexserve_validation_top1_error_ratio",
+    "alexserve_validation_top5_error_ratio",
+    "alexserve_device_memory_bytes",
+    "alexserve_jobs",
+    "alexserve_worker_restarts_total",
+    "alexserve_train_divergences_total",
     "alexserve_last_checkpoint_timestamp_seconds",
-    "alexserve_control_requests_total", "alexserve_worker_reports_rejected_total",
+    "alexserve_control_requests_total",
+    "alexserve_worker_reports_rejected_total",
 )
 """Every exported metric family's sample name (histograms add _bucket/_sum/_count): the dashboard's vocabulary."""

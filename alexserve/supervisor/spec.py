@@ -37,13 +37,30 @@ class SpecError(ConfigError):
 class JobSpec(StrictModel):
     """One training job as submitted to the supervisor."""
 
-    name: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
-                             description="A label for humans; the supervisor assigns the job id.")
-    max_restarts: int = Field(2, ge=0, le=100, description="Relaunches (from the newest complete checkpoint) after a worker dies, before the job fails.")
-    run_dir: Path | None = Field(None, description="History and checkpoints (run_dir/checkpoints); replaces config.train.run_dir. "
-                                                   "None: config.train.run_dir when set in the spec, else the job's folder in the state dir.")
-    num_pairs: int = Field(1, ge=1, le=32, description="Tower pairs (data parallel) on this node: torchrun starts 2 * num_pairs workers.")
-    config: JobConfig = Field(description="The training job (model, data, optim, train, dist); `{}` is the paper's full run.")
+    name: str | None = Field(
+        None,
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        description="A label for humans; the supervisor assigns the job id.",
+    )
+    max_restarts: int = Field(
+        2,
+        ge=0,
+        le=100,
+        description="Relaunches (from the newest complete checkpoint) after a worker dies, before the job fails.",
+    )
+    run_dir: Path | None = Field(
+        None,
+        description="History and checkpoints (run_dir/checkpoints); replaces config.train.run_dir. "
+        "None: config.train.run_dir when set in the spec, else the job's folder in the state dir.",
+    )
+    num_pairs: int = Field(
+        1, ge=1, le=32, description="Tower pairs (data parallel) on this node: torchrun starts 2 * num_pairs workers."
+    )
+    config: JobConfig = Field(
+        description="The training job (model, data, optim, train, dist); `{}` is the paper's full run."
+    )
 
 
 def spec_from_tree(tree: Any, origin: str = "job spec", overrides: list[str] = ()) -> JobSpec:

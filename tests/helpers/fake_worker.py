@@ -29,8 +29,8 @@ def main() -> int:
     import torch
     import torch.distributed as dist
 
-    from alexserve.contract.worker_messages import CheckpointEvent, StateEvent, StepReport
     from alexserve.contract.supervisor_channel import SupervisorChannel
+    from alexserve.contract.worker_messages import CheckpointEvent, StateEvent, StepReport
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--config", type=Path, required=True)
@@ -82,9 +82,22 @@ def main() -> int:
         started = time.perf_counter()
         time.sleep(step_seconds)
         step += 1
-        link.send(StepReport(job_id=link.job_id, rank=rank, pair=0, tower=rank % 2, epoch=0, step=step, steps=1,
-                             loss=2.0, learning_rate=0.01, images=8, step_seconds=[time.perf_counter() - started],
-                             device_memory_bytes=1000))
+        link.send(
+            StepReport(
+                job_id=link.job_id,
+                rank=rank,
+                pair=0,
+                tower=rank % 2,
+                epoch=0,
+                step=step,
+                steps=1,
+                loss=2.0,
+                learning_rate=0.01,
+                images=8,
+                step_seconds=[time.perf_counter() - started],
+                device_memory_bytes=1000,
+            )
+        )
         if step % 10 == 0:
             checkpoint()
     else:

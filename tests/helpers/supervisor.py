@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import pytest
 
 from alexserve.supervisor.client import Client, SupervisorUnreachable
@@ -26,14 +27,19 @@ REPO = Path(__file__).resolve().parents[2]
 TESTS = Path(__file__).resolve().parents[1]  # on PYTHONPATH, so `helpers.*` imports in child processes
 USE_FAKE_WORKER = os.environ.get("ALEXSERVE_TEST_FAKE_WORKER") == "1"
 
-# The real worker at its smallest: a few ms per step on two CPU cores.
 # The real worker at its smallest: about 50 ms per step on two CPU cores, 32 steps per epoch,
 # the plateau schedule kept from ending the run early, ten-crop evaluation skipped.
 TINY_CONFIG = {
     "model": {"num_classes": 10, "width": 0.0625, "input_size": 63, "init_scheme": "he"},
     "data": {"source": "generated", "generated_train_images": 256, "generated_val_images": 16, "num_workers": 0},
-    "optim": {"max_lr_reductions": 100, "plateau_patience": 100},
-    "train": {"batch_size": 8, "num_epochs": 1000, "max_steps": 40, "log_every_steps": 1, "ten_crop_every_epochs": 1000},
+    "optim": {"max_lr_reductions": 20, "plateau_patience": 100},
+    "train": {
+        "batch_size": 8,
+        "num_epochs": 1000,
+        "max_steps": 40,
+        "log_every_steps": 1,
+        "ten_crop_every_epochs": 1000,
+    },
     "dist": {"backend": "gloo", "device": "cpu", "timeout_seconds": 30},
 }
 
@@ -88,14 +94,33 @@ class RunningSupervisor:
                 self.proc.wait(timeout=10)
 
 
-def start_supervisor(state_dir: Path, *extra_args: str, token: str | None = None, ready_timeout: float = 20.0,
-                     control_port: int | None = None, metrics_port: int | None = None, env_extra: dict | None = None,
-                     control_host: str = "127.0.0.1") -> RunningSupervisor:
+def start_supervisor(
+    state_dir: Path,
+    *extra_args: str,
+    token: str | None = None,
+    ready_timeout: float = 20.0,
+    control_port: int | None = None,
+    metrics_port: int | None = None,
+    env_extra: dict | None = None,
+    control_host: str = "127.0.0.1",
+) -> RunningSupervisor:
     control_port = control_port or free_port()
     control = f"tcp://127.0.0.1:{control_port}"
     metrics_port = metrics_port or free_port()
-    args = [sys.executable, "-m", "alexserve.supervisor", "--state-dir", str(state_dir), "--control", f"tcp://{control_host}:{control_port}",
-            "--metrics-port", str(metrics_port), "--restart-delay", "0.2", *extra_args]
+    args = [
+        sys.executable,
+        "-m",
+        "alexserve.supervisor",
+        "--state-dir",
+        str(state_dir),
+        "--control",
+        f"tcp://{control_host}:{control_port}",
+        "--metrics-port",
+        str(metrics_port),
+        "--restart-delay",
+        "0.2",
+        *extra_args,
+    ]
     if USE_FAKE_WORKER:
         args += ["--worker-module", "helpers.fake_worker"]
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -105,7 +130,9 @@ def start_supervisor(state_dir: Path, *extra_args: str, token: str | None = None
         env["ALEXSERVE_TOKEN"] = token
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=state_dir.parent)
-    sup = RunningSupervisor(proc, state_dir, control, metrics_port, log_path, Client(control, token, timeout_seconds=5.0))
+    sup = RunningSupervisor(
+        proc, state_dir, control, metrics_port, log_path, Client(control, token, timeout_seconds=5.0)
+    )
     deadline = time.monotonic() + ready_timeout
     while True:
         if proc.poll() is not None:
@@ -152,11 +179,12 @@ def worker_pids(state_dir: Path, rank: int) -> list[int]:
     found = []
     for pid in marked_processes(state_dir):
         try:
-            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
+            process = psutil.Process(pid)
+            environ, cmdline = process.environ(), " ".join(process.cmdline())
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
-        if f"RANK={rank}".encode() in environ and b"alexserve.supervisor.launcher" not in cmdline and b"torch.distributed.run" not in cmdline:
+        is_launcher = "alexserve.supervisor.launcher" in cmdline or "torch.distributed.run" in cmdline
+        if environ.get("RANK") == str(rank) and not is_launcher:
             found.append(pid)
     return found
 

@@ -14,11 +14,11 @@ import time
 
 import pytest
 import zmq
+from helpers.supervisor import cleanup, free_port, start_supervisor, supervisor_env
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from alexserve.supervisor.control_messages import MAX_REQUEST_BYTES, SOCKET_MAX_MESSAGE_BYTES
-from helpers.supervisor import cleanup, free_port, start_supervisor, supervisor_env
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -97,20 +97,35 @@ def test_multi_frame_and_oversized_requests(supervisor):
     assert_alive(supervisor.control)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(payload=st.one_of(
-    st.binary(max_size=512),
-    st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-                 lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
-                 max_leaves=20).map(lambda v: json.dumps(v).encode()),
-    st.fixed_dictionaries({"verb": st.sampled_from(["submit", "status", "pause", "resume", "stop", "cancel",
-                                                    "checkpoint_now", "logs", "bogus"])},
-                          optional={"job_id": st.one_of(st.text(max_size=70), st.integers()),
-                                    "lines": st.one_of(st.integers(), st.text(max_size=5)),
-                                    "spec": st.dictionaries(st.sampled_from(["config", "name", "max_restarts", "x"]),
-                                                            st.one_of(st.integers(), st.text(max_size=5), st.none()), max_size=3)})
-    .map(lambda v: json.dumps(v).encode()),
-))
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
+@given(
+    payload=st.one_of(
+        st.binary(max_size=512),
+        st.recursive(
+            st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+            lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+            max_leaves=20,
+        ).map(lambda v: json.dumps(v).encode()),
+        st.fixed_dictionaries(
+            {
+                "verb": st.sampled_from(
+                    ["submit", "status", "pause", "resume", "stop", "cancel", "checkpoint_now", "logs", "bogus"]
+                )
+            },
+            optional={
+                "job_id": st.one_of(st.text(max_size=70), st.integers()),
+                "lines": st.one_of(st.integers(), st.text(max_size=5)),
+                "spec": st.dictionaries(
+                    st.sampled_from(["config", "name", "max_restarts", "x"]),
+                    st.one_of(st.integers(), st.text(max_size=5), st.none()),
+                    max_size=3,
+                ),
+            },
+        ).map(lambda v: json.dumps(v).encode()),
+    )
+)
 def test_fuzzed_requests_always_get_a_reply(supervisor, payload):
     reply = raw_request(supervisor.control, [payload])
     assert reply is not None, f"no reply to {payload[:200]!r}"
@@ -147,24 +162,42 @@ def test_invalid_spec_names_every_bad_field_and_launches_nothing(supervisor, tmp
 def test_client_without_supervisor_fails_fast_and_clearly(tmp_path):
     address = f"tcp://127.0.0.1:{free_port()}"
     started = time.monotonic()
-    result = subprocess.run([sys.executable, "-m", "alexserve.cli", "job", "list", "--supervisor", address, "--timeout", "1"],
-                            capture_output=True, text=True, timeout=60, env=supervisor_env())
+    result = subprocess.run(
+        [sys.executable, "-m", "alexserve.cli", "job", "list", "--supervisor", address, "--timeout", "1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=supervisor_env(),
+    )
     assert result.returncode == 3
     assert "no answer from a supervisor" in result.stderr and address in result.stderr
     assert time.monotonic() - started < 30
 
 
 def test_error_reply_gives_exit_code_1(supervisor):
-    result = subprocess.run([sys.executable, "-m", "alexserve.cli", "job", "status", "job-42", "--supervisor", supervisor.control],
-                            capture_output=True, text=True, timeout=60, env=supervisor_env())
+    result = subprocess.run(
+        [sys.executable, "-m", "alexserve.cli", "job", "status", "job-42", "--supervisor", supervisor.control],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=supervisor_env(),
+    )
     assert result.returncode == 1 and "no job 'job-42'" in result.stderr
 
 
 @pytest.mark.parametrize("flags", [["--control", "tcp://0.0.0.0:{port}"], ["--metrics-host", "0.0.0.0"]])
 def test_non_loopback_bind_without_token_is_refused(tmp_path, flags):
     port = free_port()
-    args = [sys.executable, "-m", "alexserve.supervisor", "--state-dir", str(tmp_path / "state"),
-            "--metrics-port", str(free_port()), *[f.format(port=port) for f in flags]]
+    args = [
+        sys.executable,
+        "-m",
+        "alexserve.supervisor",
+        "--state-dir",
+        str(tmp_path / "state"),
+        "--metrics-port",
+        str(free_port()),
+        *[f.format(port=port) for f in flags],
+    ]
     if "--control" not in flags:
         args += ["--control", f"tcp://127.0.0.1:{port}"]
     result = subprocess.run(args, capture_output=True, text=True, timeout=60, env=supervisor_env())

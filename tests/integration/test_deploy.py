@@ -31,9 +31,9 @@ import yaml
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from alexserve.cli.supervisor import parse_args
 from alexserve.supervisor.auth import AuthError, check_binds, is_loopback_host
 from alexserve.supervisor.metrics import SupervisorMetrics
-from alexserve.supervisor.server import parse_args
 from alexserve.supervisor.spec import load_spec
 
 pytestmark = pytest.mark.timeout(60)
@@ -129,7 +129,9 @@ def test_compose_file_validates_against_the_compose_spec_schema(raw_compose, com
     validator = jsonschema.Draft202012Validator(schema, format_checker=jsonschema.FormatChecker())
     for label, tree in (("interpolated", compose), ("as written", raw_compose)):
         errors = sorted(validator.iter_errors(tree), key=lambda e: list(e.absolute_path))
-        assert not errors, f"{label}: " + "\n".join(f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in errors)
+        assert not errors, f"{label}: " + "\n".join(
+            f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in errors
+        )
 
 
 def test_the_schema_check_catches_a_broken_file(compose):
@@ -201,8 +203,12 @@ def mounts(service: dict) -> dict[str, dict]:
     for volume in service.get("volumes", []):
         if isinstance(volume, str):
             source, target, *mode = volume.split(":")
-            volume = {"type": "volume" if not source.startswith((".", "/")) else "bind", "source": source,
-                      "target": target, "read_only": mode == ["ro"]}
+            volume = {
+                "type": "volume" if not source.startswith((".", "/")) else "bind",
+                "source": source,
+                "target": target,
+                "read_only": mode == ["ro"],
+            }
         out[volume["target"]] = volume
     return out
 
@@ -225,7 +231,10 @@ def test_compose_volumes(compose):
     providers = yaml.safe_load(DASHBOARD_PROVIDERS.read_text())["providers"]
     dashboards_path = providers[0]["options"]["path"]
     assert (DEPLOY / grafana[dashboards_path]["source"]).resolve() == DASHBOARD.parent
-    assert services["grafana"]["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"] == f"{dashboards_path}/{DASHBOARD.name}"
+    assert (
+        services["grafana"]["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+        == f"{dashboards_path}/{DASHBOARD.name}"
+    )
 
 
 def test_every_published_port_binds_loopback_by_default(raw_compose, compose):
@@ -269,7 +278,9 @@ def test_healthchecks_probe_the_supervisor_healthz(compose):
 
 def test_promtool_accepts_prometheus_config_and_it_scrapes_the_compose_service(compose):
     promtool = require_tool("promtool")
-    result = subprocess.run([promtool, "check", "config", str(PROMETHEUS_CONFIG)], capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        [promtool, "check", "config", str(PROMETHEUS_CONFIG)], capture_output=True, text=True, timeout=30
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
     (job,) = [c for c in config["scrape_configs"] if c["job_name"] == "alexserve"]
@@ -284,8 +295,21 @@ def test_promtool_accepts_prometheus_config_and_it_scrapes_the_compose_service(c
 # ----------------------------------------------------------------------------- grafana
 
 
-PROMQL_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or", "unless", "offset",
-                   "inf", "nan"}
+PROMQL_KEYWORDS = {
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "bool",
+    "and",
+    "or",
+    "unless",
+    "offset",
+    "inf",
+    "nan",
+}
 PROMETHEUS_OWN_METRICS = {"up"}  # made by Prometheus for every target, not by the supervisor
 
 
@@ -326,7 +350,7 @@ def promql_names(expr: str) -> tuple[set[str], set[str]]:
     names = set()
     for match in re.finditer(r"[A-Za-z_:][A-Za-z0-9_:]*", expr):
         word = match.group()
-        rest = expr[match.end():].lstrip()
+        rest = expr[match.end() :].lstrip()
         if rest.startswith("(") or word.lower() in PROMQL_KEYWORDS:
             continue  # a function or aggregation, or a keyword
         if match.start() > 0 and (expr[match.start() - 1].isdigit() or expr[match.start() - 1] == "."):
@@ -336,7 +360,9 @@ def promql_names(expr: str) -> tuple[set[str], set[str]]:
 
 
 def test_promql_name_extraction():
-    names, labels = promql_names('histogram_quantile(0.9, sum by (le, rank) (rate(x_bucket{job="a"}[$__rate_interval]))) / y_total > 0')
+    names, labels = promql_names(
+        'histogram_quantile(0.9, sum by (le, rank) (rate(x_bucket{job="a"}[$__rate_interval]))) / y_total > 0'
+    )
     assert names == {"x_bucket", "y_total"} and labels == {"le", "rank"}
     names, _ = promql_names("time() - max(last_ts) and max(last_ts) > 1e3")
     assert names == {"last_ts"}
@@ -351,16 +377,30 @@ def test_every_dashboard_metric_exists_in_the_supervisor_registry():
         names, grouping = promql_names(expr)
         assert names, f"{title}: no metric in {expr!r}"
         unknown = names - set(samples) - PROMETHEUS_OWN_METRICS
-        assert not unknown, f"panel {title!r} queries {sorted(unknown)}, which the supervisor does not export ({expr!r})"
+        assert not unknown, (
+            f"panel {title!r} queries {sorted(unknown)}, which the supervisor does not export ({expr!r})"
+        )
         labels = set().union(*(samples.get(n, set()) for n in names)) | ({"le"} & grouping)
-        assert grouping <= labels, f"panel {title!r} groups by {sorted(grouping - labels)}, not labels of {sorted(names)}"
+        assert grouping <= labels, (
+            f"panel {title!r} groups by {sorted(grouping - labels)}, not labels of {sorted(names)}"
+        )
         used |= names
     # What issue 6 asks the dashboard to show.
-    wanted = {"alexserve_train_images_total", "alexserve_train_loss", "alexserve_validation_top1_error_ratio",
-              "alexserve_validation_top5_error_ratio", "alexserve_train_learning_rate", "alexserve_train_data_wait_seconds_total",
-              "alexserve_exchange_seconds_total", "alexserve_exchange_bytes_total", "alexserve_worker_restarts_total",
-              "alexserve_jobs", "alexserve_train_step_duration_seconds_bucket", "alexserve_device_memory_bytes",
-              "alexserve_last_checkpoint_timestamp_seconds"}
+    wanted = {
+        "alexserve_train_images_total",
+        "alexserve_train_loss",
+        "alexserve_validation_top1_error_ratio",
+        "alexserve_validation_top5_error_ratio",
+        "alexserve_train_learning_rate",
+        "alexserve_train_data_wait_seconds_total",
+        "alexserve_exchange_seconds_total",
+        "alexserve_exchange_bytes_total",
+        "alexserve_worker_restarts_total",
+        "alexserve_jobs",
+        "alexserve_train_step_duration_seconds_bucket",
+        "alexserve_device_memory_bytes",
+        "alexserve_last_checkpoint_timestamp_seconds",
+    }
     assert wanted <= used, sorted(wanted - used)
 
 
@@ -373,8 +413,10 @@ def test_the_metric_check_would_catch_a_wrong_name():
 
 def test_promtool_parses_every_dashboard_query(tmp_path):
     promtool = require_tool("promtool")
-    rules = [{"record": f"alexserve_dashboard:query_{i}", "expr": expr.replace("$__rate_interval", "1m")}
-             for i, (_title, expr) in enumerate(dashboard_queries())]
+    rules = [
+        {"record": f"alexserve_dashboard:query_{i}", "expr": expr.replace("$__rate_interval", "1m")}
+        for i, (_title, expr) in enumerate(dashboard_queries())
+    ]
     path = tmp_path / "dashboard_rules.yml"
     path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
     result = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True, timeout=30)
@@ -448,14 +490,18 @@ def test_base_image_is_cuda_pytorch_matching_pyproject_and_dali():
 def test_dockerfile_installs_pyproject_dependencies_and_no_torch_of_its_own():
     instructions = dockerfile_instructions()
     runs = [a for kw, a in instructions if kw == "RUN"]
-    pip_installs = [shlex.split(cmd) for run in runs for cmd in re.split(r"&&|;", run) if re.search(r"\bpip\d* install\b", cmd)]
+    pip_installs = [
+        shlex.split(cmd) for run in runs for cmd in re.split(r"&&|;", run) if re.search(r"\bpip\d* install\b", cmd)
+    ]
     assert pip_installs, "the Dockerfile installs nothing"
     extras_known = set(pyproject()["project"]["optional-dependencies"])
     package_installs = []
     for argv in pip_installs:
-        packages = [a for a in argv[argv.index("install") + 1:] if not a.startswith("-")]
+        packages = [a for a in argv[argv.index("install") + 1 :] if not a.startswith("-")]
         for package in packages:
-            assert not re.match(r"(torch|torchvision|torchaudio)\b", package), f"the image must keep the base image's CUDA torch: {argv}"
+            assert not re.match(r"(torch|torchvision|torchaudio)\b", package), (
+                f"the image must keep the base image's CUDA torch: {argv}"
+            )
             local = re.fullmatch(r"\.(?:\[([\w,-]+)\])?", package)
             if local:
                 extras = set(local[1].split(",")) if local[1] else set()
@@ -467,8 +513,13 @@ def test_dockerfile_installs_pyproject_dependencies_and_no_torch_of_its_own():
     (script_run,) = [r for r in runs if "pyproject_requirements.py" in r]
     script_extras = shlex.split(re.search(r"pyproject_requirements\.py\s+pyproject\.toml([^>]*)>", script_run)[1])
     assert set(script_extras) == {"dali"}
-    out = subprocess.run([sys.executable, str(REQUIREMENTS_SCRIPT), str(REPO / "pyproject.toml"), *script_extras],
-                         capture_output=True, text=True, timeout=30, check=True).stdout.split()
+    out = subprocess.run(
+        [sys.executable, str(REQUIREMENTS_SCRIPT), str(REPO / "pyproject.toml"), *script_extras],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout.split()
     project = pyproject()["project"]
     assert out == [d.replace(" ", "") for d in project["dependencies"] + project["optional-dependencies"]["dali"]]
     # pip may not swap the base image's torch: it is pinned by a constraints file made from the installed one.
@@ -478,8 +529,12 @@ def test_dockerfile_installs_pyproject_dependencies_and_no_torch_of_its_own():
 
 
 def test_requirements_script_rejects_an_unknown_extra():
-    result = subprocess.run([sys.executable, str(REQUIREMENTS_SCRIPT), str(REPO / "pyproject.toml"), "no_such_extra"],
-                            capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        [sys.executable, str(REQUIREMENTS_SCRIPT), str(REPO / "pyproject.toml"), "no_such_extra"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert result.returncode != 0 and "no_such_extra" in result.stderr
 
 
@@ -492,7 +547,11 @@ def test_dockerfile_layers_are_ordered_for_caching_and_the_context_holds_what_it
     install_package = next(i for i, (kw, a) in enumerate(order) if kw == "RUN" and 'pip install ".[' in a)
     assert copy_pyproject < install_deps < copy_source < install_package
     # .dockerignore is an allow-list: every COPY source must be let through, and nothing else matters.
-    allowed = {line.strip().lstrip("!").rstrip("/") for line in DOCKERIGNORE.read_text().splitlines() if line.strip().startswith("!")}
+    allowed = {
+        line.strip().lstrip("!").rstrip("/")
+        for line in DOCKERIGNORE.read_text().splitlines()
+        if line.strip().startswith("!")
+    }
     assert "*" in DOCKERIGNORE.read_text().splitlines()
     for kw, args in instructions:
         if kw == "COPY":

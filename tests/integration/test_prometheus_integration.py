@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from helpers.supervisor import REPO, free_port, require_prometheus, supervisor, tiny_spec, wait_until  # noqa: F401
 
 DEPLOY_CONFIG = REPO / "deploy" / "prometheus.yml"
@@ -23,7 +22,9 @@ pytestmark = pytest.mark.timeout(180)
 
 def test_promtool_accepts_the_deploy_config():
     _, promtool = require_prometheus()
-    result = subprocess.run([promtool, "check", "config", str(DEPLOY_CONFIG)], capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        [promtool, "check", "config", str(DEPLOY_CONFIG)], capture_output=True, text=True, timeout=30
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     config = yaml.safe_load(DEPLOY_CONFIG.read_text())
     jobs = {c["job_name"]: c for c in config["scrape_configs"]}
@@ -50,16 +51,24 @@ def query(base: str, promql: str) -> list[dict]:
 
 
 @pytest.fixture
-def prometheus(supervisor, tmp_path):
+def prometheus(supervisor, tmp_path):  # noqa: F811 (fixture)
     binary, promtool = require_prometheus()
     config = local_config(supervisor.metrics_port, tmp_path / "prometheus.yml")
     check = subprocess.run([promtool, "check", "config", str(config)], capture_output=True, text=True, timeout=30)
     assert check.returncode == 0, check.stdout + check.stderr
     port = free_port()
     log = open(tmp_path / "prometheus.log", "wb")
-    proc = subprocess.Popen([binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                             f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
-                            stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            binary,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--log.level=warn",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     base = f"http://127.0.0.1:{port}"
 
     def ready():
@@ -83,9 +92,12 @@ def prometheus(supervisor, tmp_path):
         log.close()
 
 
-def test_prometheus_sees_train_images_grow_while_a_job_trains(supervisor, prometheus):
-    wait_until(lambda: [r for r in query(prometheus, 'up{job="alexserve"}') if r["value"][1] == "1"], 30,
-               "Prometheus to scrape the supervisor")
+def test_prometheus_sees_train_images_grow_while_a_job_trains(supervisor, prometheus):  # noqa: F811 (fixture)
+    wait_until(
+        lambda: [r for r in query(prometheus, 'up{job="alexserve"}') if r["value"][1] == "1"],
+        30,
+        "Prometheus to scrape the supervisor",
+    )
     job = supervisor.client.submit(tiny_spec(100_000, name="watched"), "watched.json")
     seen: list[float] = []
 

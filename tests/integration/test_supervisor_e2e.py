@@ -14,10 +14,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
-
-from alexserve.checkpoint.naming import newest_committed_step
-from alexserve.supervisor.process import marked_processes
 from helpers.supervisor import (  # noqa: F401 (fixture)
     cleanup,
     start_supervisor,
@@ -26,6 +22,10 @@ from helpers.supervisor import (  # noqa: F401 (fixture)
     wait_until,
     worker_pids,
 )
+from prometheus_client.parser import text_string_to_metric_families
+
+from alexserve.checkpoint.naming import newest_committed_step
+from alexserve.supervisor.process import marked_processes
 
 pytestmark = pytest.mark.timeout(180)
 BATCH = 8
@@ -51,13 +51,15 @@ def wait_state(sup, job_id: str, states: set[str], timeout: float) -> dict:
 def wait_step(sup, job_id: str, step: int, timeout: float = 60) -> dict:
     def reached():
         status = sup.client.status(job_id)
-        assert status["state"] in ("queued", "running", "paused"), f"{status['state']}: {status['reason']}\n{sup.job_log(job_id)}"
+        assert status["state"] in ("queued", "running", "paused"), (
+            f"{status['state']}: {status['reason']}\n{sup.job_log(job_id)}"
+        )
         return status if status["step"] >= step else None
 
     return wait_until(reached, timeout, f"{job_id} to reach step {step}")
 
 
-def test_submit_pause_resume_complete(supervisor):
+def test_submit_pause_resume_complete(supervisor):  # noqa: F811 (fixture)
     steps = 120
     job = supervisor.client.submit(tiny_spec(steps), "tiny.json")
     assert job["state"] in ("queued", "running")
@@ -85,12 +87,15 @@ def test_submit_pause_resume_complete(supervisor):
     assert metric(supervisor, "alexserve_train_steps_total") == steps
     assert metric(supervisor, "alexserve_jobs", {"state": "completed"}) == 1
     assert metric(supervisor, "alexserve_train_step_duration_seconds_count", {"rank": "1"}) == steps
-    assert metric(supervisor, "alexserve_exchange_bytes_total", {"rank": "0", "point": "conv3", "direction": "forward"}) > 0
+    assert (
+        metric(supervisor, "alexserve_exchange_bytes_total", {"rank": "0", "point": "conv3", "direction": "forward"})
+        > 0
+    )
     logs = supervisor.client.call("logs", job_id=job["id"], lines=5)
     assert logs["text"].count("\n") <= 5 and logs["text"]
 
 
-def test_stop_writes_a_checkpoint_then_resume_and_cancel(supervisor):
+def test_stop_writes_a_checkpoint_then_resume_and_cancel(supervisor):  # noqa: F811 (fixture)
     job = supervisor.client.submit(tiny_spec(100_000, name="long"), "long.json")
     wait_step(supervisor, job["id"], 5)
     supervisor.client.call("stop", job_id=job["id"])
@@ -112,13 +117,16 @@ def test_stop_writes_a_checkpoint_then_resume_and_cancel(supervisor):
     wait_until(lambda: not marked_processes(supervisor.state_dir), 15, "the cancelled job's processes to go")
 
 
-def test_sigkill_of_one_worker_restarts_from_the_checkpoint(supervisor):
+def test_sigkill_of_one_worker_restarts_from_the_checkpoint(supervisor):  # noqa: F811 (fixture)
     steps = 100
     job = supervisor.client.submit(tiny_spec(steps, name="crashy", max_restarts=2), "crashy.json")
     wait_step(supervisor, job["id"], 5)
     supervisor.client.call("checkpoint_now", job_id=job["id"])
-    status = wait_until(lambda: (s := supervisor.client.status(job["id"]))["last_checkpoint_step"] is not None and s, 60,
-                        "the requested checkpoint")
+    status = wait_until(
+        lambda: (s := supervisor.client.status(job["id"]))["last_checkpoint_step"] is not None and s,
+        60,
+        "the requested checkpoint",
+    )
     checkpoint = status["last_checkpoint_step"]
     assert newest_committed_step(Path(status["checkpoint_dir"])) == checkpoint
     victims = wait_until(lambda: worker_pids(supervisor.state_dir, rank=1), 10, "rank 1's pid")
@@ -126,8 +134,13 @@ def test_sigkill_of_one_worker_restarts_from_the_checkpoint(supervisor):
     assert before < steps - 20, "the job ran too fast for this test"
     os.kill(victims[0], signal.SIGKILL)
 
-    restarted = wait_until(lambda: (s := supervisor.client.status(job["id"]))["restarts_total"] >= 1 and s, 60, "the restart")
-    assert f"relaunching from checkpoint step {newest_committed_step(Path(status['checkpoint_dir']))}" in restarted["reason"]
+    restarted = wait_until(
+        lambda: (s := supervisor.client.status(job["id"]))["restarts_total"] >= 1 and s, 60, "the restart"
+    )
+    assert (
+        f"relaunching from checkpoint step {newest_committed_step(Path(status['checkpoint_dir']))}"
+        in restarted["reason"]
+    )
     assert "restart 1 of 2" in restarted["reason"]
     done = wait_state(supervisor, job["id"], {"completed", "failed"}, 150)
     assert done["state"] == "completed", done["reason"] + "\n" + supervisor.job_log(job["id"])
@@ -184,7 +197,7 @@ def test_supervisor_restart_keeps_the_job_list_and_leaves_no_orphans(tmp_path):
     assert not left
 
 
-def test_two_pairs_job_runs_four_workers_and_counts_both_pairs_images(supervisor):
+def test_two_pairs_job_runs_four_workers_and_counts_both_pairs_images(supervisor):  # noqa: F811 (fixture)
     spec = tiny_spec(6, name="two-pairs")
     spec["num_pairs"] = 2
     job = supervisor.client.submit(spec, "two-pairs.json")

@@ -8,13 +8,13 @@ import urllib.error
 import urllib.request
 
 import pytest
+from helpers.supervisor import require_prometheus
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from alexserve.supervisor.http_endpoint import MetricsServer
 from alexserve.contract.worker_messages import CheckpointEvent, EvalReport, ExchangeTiming, StepReport
+from alexserve.supervisor.http_endpoint import MetricsServer
 from alexserve.supervisor.metrics import METRIC_NAMES, SupervisorMetrics
-from helpers.supervisor import require_prometheus
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -28,11 +28,25 @@ def samples(metrics: SupervisorMetrics) -> dict[tuple[str, tuple], float]:
 
 
 def step_report(rank: int, **kw) -> StepReport:
-    fields = dict(job_id="job-1", rank=rank, pair=0, tower=rank % 2, epoch=2, step=10, steps=5, loss=1.5, learning_rate=0.01,
-                  images=320, step_seconds=[0.1, 0.2, 0.3, 0.4, 0.5], data_wait_seconds=0.25,
-                  exchange=[ExchangeTiming(point="conv3", direction="forward", seconds=0.5, bytes=1000),
-                            ExchangeTiming(point="fc8", direction="backward", seconds=0.25, bytes=10)],
-                  device_memory_bytes=12345)
+    fields = dict(
+        job_id="job-1",
+        rank=rank,
+        pair=0,
+        tower=rank % 2,
+        epoch=2,
+        step=10,
+        steps=5,
+        loss=1.5,
+        learning_rate=0.01,
+        images=320,
+        step_seconds=[0.1, 0.2, 0.3, 0.4, 0.5],
+        data_wait_seconds=0.25,
+        exchange=[
+            ExchangeTiming(point="conv3", direction="forward", seconds=0.5, bytes=1000),
+            ExchangeTiming(point="fc8", direction="backward", seconds=0.25, bytes=10),
+        ],
+        device_memory_bytes=12345,
+    )
     fields.update(kw)
     return StepReport(**fields)
 
@@ -41,8 +55,10 @@ def test_names_follow_prometheus_conventions():
     metrics = SupervisorMetrics()
     families = list(text_string_to_metric_families(generate_latest(metrics.registry).decode()))
     names = {f.name for f in families}
-    exported = {("alexserve_build_info" if f.name == "alexserve_build" else f.name + ("_total" if f.type == "counter" else ""))
-                for f in families}
+    exported = {
+        ("alexserve_build_info" if f.name == "alexserve_build" else f.name + ("_total" if f.type == "counter" else ""))
+        for f in families
+    }
     assert exported == set(METRIC_NAMES)
     for family in families:
         assert family.name.startswith("alexserve_") and family.name.count("alexserve") == 1, family.name
@@ -77,8 +93,16 @@ def test_reports_update_the_right_series():
     metrics = SupervisorMetrics()
     metrics.on_step(step_report(0))
     metrics.on_step(step_report(1))
-    metrics.on_eval(EvalReport(job_id="job-1", epoch=2, center_top1_error=0.6, center_top5_error=0.3,
-                               ten_crop_top1_error=0.55, ten_crop_top5_error=0.25))
+    metrics.on_eval(
+        EvalReport(
+            job_id="job-1",
+            epoch=2,
+            center_top1_error=0.6,
+            center_top5_error=0.3,
+            ten_crop_top1_error=0.55,
+            ten_crop_top5_error=0.25,
+        )
+    )
     metrics.on_checkpoint(CheckpointEvent(job_id="job-1", step=10, timestamp=1.7e9))
     values = samples(metrics)
     assert values[("alexserve_train_images_total", ())] == 320  # tower 0 only: both towers see the same images

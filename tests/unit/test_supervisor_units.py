@@ -8,9 +8,8 @@ import time
 import pytest
 import zmq
 
-from alexserve.supervisor.auth import AuthError, check_binds, is_loopback_host, read_token
-from alexserve.supervisor.jobs import JobRecord, JobState, JobStore, tail_lines
 from alexserve.checkpoint.naming import newest_committed_step
+from alexserve.contract.supervisor_channel import SupervisorChannel
 from alexserve.contract.worker_messages import (
     MAX_REPORT_BYTES,
     CheckpointEvent,
@@ -25,14 +24,17 @@ from alexserve.contract.worker_messages import (
     parse_command,
     parse_report,
 )
+from alexserve.supervisor.auth import AuthError, check_binds, is_loopback_host, read_token
+from alexserve.supervisor.jobs import JobRecord, JobState, JobStore, tail_lines
 from alexserve.supervisor.spec import SpecError, spec_from_tree
-from alexserve.contract.supervisor_channel import SupervisorChannel
 
 pytestmark = pytest.mark.timeout(60)
 
 
 def step(**kw) -> StepReport:
-    fields = dict(job_id="job-1", rank=1, pair=0, tower=1, epoch=0, step=3, steps=3, loss=2.0, learning_rate=0.01, images=24)
+    fields = dict(
+        job_id="job-1", rank=1, pair=0, tower=1, epoch=0, step=3, steps=3, loss=2.0, learning_rate=0.01, images=24
+    )
     fields.update(kw)
     return StepReport(**fields)
 
@@ -40,31 +42,40 @@ def step(**kw) -> StepReport:
 # ------------------------------------------------------------------ messages
 
 
-@pytest.mark.parametrize("message", [
-    step(loss=float("nan"), step_seconds=[0.1] * 1024),
-    EvalReport(job_id="job-1", epoch=1, center_top1_error=0.5, center_top5_error=0.2),
-    CheckpointEvent(job_id="job-1", step=7),
-    StateEvent(job_id="job-1", state="paused", step=7),
-    ErrorEvent(job_id="job-1", message="x" * 10_000),
-    Hello(job_id="job-1", token="t" * 20),
-])
+@pytest.mark.parametrize(
+    "message",
+    [
+        step(loss=float("nan"), step_seconds=[0.1] * 1024),
+        EvalReport(job_id="job-1", epoch=1, center_top1_error=0.5, center_top5_error=0.2),
+        CheckpointEvent(job_id="job-1", step=7),
+        StateEvent(job_id="job-1", state="paused", step=7),
+        ErrorEvent(job_id="job-1", message="x" * 10_000),
+        Hello(job_id="job-1", token="t" * 20),
+    ],
+)
 def test_reports_round_trip(message):
     parsed = parse_report(message.to_bytes())
     assert type(parsed) is type(message)
     assert parsed.model_dump_json() == message.model_dump_json()
 
 
-@pytest.mark.parametrize("data, why", [
-    (b"{", "not JSON"),
-    (b"[]", "JSON object"),
-    (b'{"kind": "step"}', "job_id"),
-    (b'{"kind": "state", "job_id": "j", "state": "dancing", "step": 1}', "state"),
-    (b'{"kind": "state", "job_id": "j", "state": "paused", "step": "1"}', "step"),
-    (b'{"kind": "checkpoint", "job_id": "j", "step": 1, "extra": 2}', "extra"),
-    (b'{"kind": "eval", "job_id": "j", "epoch": 0, "center_top1_error": 1.5, "center_top5_error": 0}', "center_top1_error"),
-    (b'{"kind": "bogus"}', "bogus"),
-    (b" " * (MAX_REPORT_BYTES + 1), "over the limit"),
-])
+@pytest.mark.parametrize(
+    "data, why",
+    [
+        (b"{", "not JSON"),
+        (b"[]", "JSON object"),
+        (b'{"kind": "step"}', "job_id"),
+        (b'{"kind": "state", "job_id": "j", "state": "dancing", "step": 1}', "state"),
+        (b'{"kind": "state", "job_id": "j", "state": "paused", "step": "1"}', "step"),
+        (b'{"kind": "checkpoint", "job_id": "j", "step": 1, "extra": 2}', "extra"),
+        (
+            b'{"kind": "eval", "job_id": "j", "epoch": 0, "center_top1_error": 1.5, "center_top5_error": 0}',
+            "center_top1_error",
+        ),
+        (b'{"kind": "bogus"}', "bogus"),
+        (b" " * (MAX_REPORT_BYTES + 1), "over the limit"),
+    ],
+)
 def test_bad_reports_are_rejected_with_a_reason(data, why):
     with pytest.raises(MessageError, match=why):
         parse_report(data)
@@ -171,8 +182,15 @@ def test_tail_lines(tmp_path):
 
 def test_spec_names_every_bad_field():
     with pytest.raises(SpecError) as err:
-        spec_from_tree({"max_restarts": "many", "name": "bad name!", "typo": 1,
-                        "config": {"train": {"batch_size": -1}, "optim": {"momentum": 2}}}, "job.yaml")
+        spec_from_tree(
+            {
+                "max_restarts": "many",
+                "name": "bad name!",
+                "typo": 1,
+                "config": {"train": {"batch_size": -1}, "optim": {"momentum": 2}},
+            },
+            "job.yaml",
+        )
     text = str(err.value)
     assert text.startswith("job.yaml: ")
     for field in ("max_restarts", "name", "typo", "config.train.batch_size", "config.optim.momentum"):
@@ -189,8 +207,19 @@ def test_spec_overrides():
 # ------------------------------------------------------------------ auth
 
 
-@pytest.mark.parametrize("host, loopback", [("127.0.0.1", True), ("localhost", True), ("::1", True), ("[::1]", True),
-                                            ("0.0.0.0", False), ("*", False), ("", False), ("10.1.2.3", False)])
+@pytest.mark.parametrize(
+    "host, loopback",
+    [
+        ("127.0.0.1", True),
+        ("localhost", True),
+        ("::1", True),
+        ("[::1]", True),
+        ("0.0.0.0", False),
+        ("*", False),
+        ("", False),
+        ("10.1.2.3", False),
+    ],
+)
 def test_loopback_detection(host, loopback):
     assert is_loopback_host(host) is loopback
 
