@@ -30,7 +30,9 @@ def ensure_demo_dataset(job: JobConfig, local_rank: int) -> None:
         deadline = time.monotonic() + WAIT_LIMIT_SECONDS
         while not (prepared / "stats.npz").exists():
             if time.monotonic() > deadline:
-                raise TimeoutError(f"local rank 0 did not finish the demo dataset in {prepared} within {WAIT_LIMIT_SECONDS}s")
+                raise TimeoutError(
+                    f"local rank 0 did not finish the demo dataset in {prepared} within {WAIT_LIMIT_SECONDS}s"
+                )
             time.sleep(0.5)
         return
     print(f"demo: making the demo dataset in {prepared} (once; about half a minute)", file=sys.stderr, flush=True)

@@ -1,7 +1,4 @@
-"""`alexserve digits DST`: the UCI handwritten digits as an ImageNet-style JPEG tree.
-
-    alexserve digits data/digits                       # 64-pixel JPEGs, 80/20 split
-    alexserve prepare data/digits data/digits-prepared --scale-size 73
+"""The UCI handwritten digits as an ImageNet-style JPEG tree (`alexserve digits`).
 
 A small set of *real* images that nobody here made: scikit-learn ships the
 1,797 8x8 scans (`sklearn.datasets.load_digits`, no download). Each is drawn as
@@ -14,8 +11,6 @@ same images.
 
 from __future__ import annotations
 
-import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,12 +19,21 @@ from PIL import Image
 DIGITS_INK_LEVELS = 16  # the UCI scans count ink in 0..16
 
 
+class MissingScikitLearn(ImportError):
+    """scikit-learn, which ships the scans, is not installed; the message says how to install it."""
+
+
 def load_digits_arrays() -> tuple[np.ndarray, np.ndarray]:
-    """([1797, 8, 8] ink 0..16, [1797] labels); scikit-learn is an optional dependency."""
+    """([1797, 8, 8] ink 0..16, [1797] labels); scikit-learn is an optional dependency.
+
+    Raises `MissingScikitLearn` (an ImportError) saying what to install when it is not there.
+    """
     try:
         from sklearn.datasets import load_digits
     except ImportError as err:
-        raise SystemExit(f"alexserve digits needs scikit-learn ({err}); pip install 'alexserve[test]' or scikit-learn") from None
+        raise MissingScikitLearn(
+            f"alexserve digits needs scikit-learn ({err}); pip install 'alexserve[test]' or scikit-learn"
+        ) from None
     digits = load_digits()
     return digits.images, digits.target
 
@@ -49,7 +53,9 @@ def render(ink: np.ndarray, size: int) -> Image.Image:
     return Image.fromarray(paper, mode="L").resize((size, size), Image.BILINEAR).convert("RGB")
 
 
-def write_digits(dst: Path, *, size: int = 64, val_fraction: float = 0.2, seed: int = 0, quality: int = 95) -> dict[str, int]:
+def write_digits(
+    dst: Path, *, size: int = 64, val_fraction: float = 0.2, seed: int = 0, quality: int = 95
+) -> dict[str, int]:
     """Write the tree under `dst`; returns the number of images per split."""
     images, labels = load_digits_arrays()
     is_val = stratified_split(labels, val_fraction, seed)
@@ -62,23 +68,3 @@ def write_digits(dst: Path, *, size: int = 64, val_fraction: float = 0.2, seed: 
         counts[split] += 1
     (Path(dst) / "synset_words.txt").write_text("".join(f"{d} digit {d}\n" for d in range(10)))
     return counts
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="alexserve digits", description=__doc__.split("\n\n")[0])
-    parser.add_argument("dst", type=Path, help="output folder (created)")
-    parser.add_argument("--size", type=int, default=64, help="side of the written images in pixels (default 64)")
-    parser.add_argument("--val-fraction", type=float, default=0.2, help="share of every class held out for validation (default 0.2)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the split (default 0)")
-    args = parser.parse_args(argv)
-    if args.size < 8:
-        parser.error(f"--size must be at least 8 (the scans are 8x8), got {args.size}")
-    if not 0.0 < args.val_fraction < 1.0:
-        parser.error(f"--val-fraction must be between 0 and 1, got {args.val_fraction}")
-    counts = write_digits(args.dst, size=args.size, val_fraction=args.val_fraction, seed=args.seed)
-    print(f"digits: wrote {counts['train']} training and {counts['val']} validation images to {args.dst}", file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

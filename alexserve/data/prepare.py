@@ -1,7 +1,4 @@
-"""`alexserve prepare SRC DST`: the paper's one-time preprocessing of an ImageNet-style tree.
-
-    alexserve prepare /data/imagenet /data/imagenet-256            # all cores
-    alexserve prepare data/synth data/synth-prepared --workers 2
+"""The paper's one-time preprocessing of an ImageNet-style tree (the `alexserve prepare` library).
 
 SRC layout: `train/<synset>/*` (one folder per class); `val/<synset>/*`, or flat
 `val/*` with a labels file (`--val-labels`, default SRC/val_labels.txt or the devkit's
@@ -12,30 +9,29 @@ from SRC/synset_words.txt ("<synset> <name>") or `--class-names`.
 
 Every image is rescaled so its shorter side is `scale_size` (`--scale-size`,
 256 in the paper), cut to the central square and written as RGB JPEG (layout in
-`layout.py`). Then the mean image and RGB PCA are computed over the *prepared*
+`prepared_tree.py`). Then the mean image and RGB PCA are computed over the *prepared*
 training pixels (`stats.py`). Inputs that are PNG/CMYK/grayscale are converted;
 zero-byte, truncated and non-image inputs are rejected; both are listed with the
-reason in DST/prepare_report.json, and counted on stderr. Re-running finishes an
-interrupted job: inputs already recorded in DST/prepare_journal.jsonl (whose output
-exists) are not redone.
+reason in DST/prepare_report.json. Progress (a tqdm line with rate and ETA) goes to
+stderr. Re-running finishes an interrupted job: inputs already recorded in
+DST/prepare_journal.jsonl (whose output exists) are not redone.
 """
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import multiprocessing as mp
 import os
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
-from alexserve.config import PAPER_SCALE_SIZE, ConfigError, load_config, paper_scale_size
+from alexserve.config import PAPER_SCALE_SIZE, load_config, paper_scale_size
 from alexserve.data.imageops import BadImage, load_rgb, rescale_center_crop
 from alexserve.data.prepared_tree import (
     CLASSES_FILE,
@@ -106,7 +102,9 @@ def _flat_val_labels(files: list[Path], labels_path: Path, synsets: list[str]) -
             raise DatasetError(f"{labels_path}: no label for {len(missing)} val file(s), e.g. {missing[0]}")
         return {f: by_name[f.name] for f in files}
     if len(lines) != len(files):
-        raise DatasetError(f"{labels_path}: {len(lines)} labels for {len(files)} files in val/ (one label per sorted file expected)")
+        raise DatasetError(
+            f"{labels_path}: {len(lines)} labels for {len(files)} files in val/ (one label per sorted file expected)"
+        )
     return {f: to_synset(parts[0], i + 1) for i, (f, parts) in enumerate(zip(files, lines))}
 
 
@@ -189,7 +187,9 @@ def accumulate_stats(paths: list[str], scale_size: int) -> StatsAccumulator:
         with Image.open(p) as img:
             arr = np.asarray(img.convert("RGB"))
         if arr.shape != (scale_size, scale_size, 3):
-            raise DatasetError(f"{p}: prepared image is {arr.shape[1]}x{arr.shape[0]}, expected {scale_size}x{scale_size}")
+            raise DatasetError(
+                f"{p}: prepared image is {arr.shape[1]}x{arr.shape[0]}, expected {scale_size}x{scale_size}"
+            )
         acc.add(arr)
     return acc
 
@@ -201,30 +201,15 @@ def _stats_star(args: tuple[list[str], int]) -> StatsAccumulator:
 # ---------------------------------------------------------------- driver
 
 
-class Progress:
-    """One self-overwriting stderr line with rate and ETA, at most a few updates per second."""
+# tqdm's line on stderr, with rate and time left; "ETA" as the hand-made line it replaced said.
+PROGRESS_FORMAT = "{desc}: {percentage:3.0f}%|{bar:20}| {n_fmt}/{total_fmt} {rate_fmt} ETA {remaining}{postfix}"
 
-    def __init__(self, label: str, total: int, stream=None):
-        self.label, self.total, self.stream = label, total, stream or sys.stderr
-        self.start = self.last = time.monotonic()
-        self.done = 0
 
-    def update(self, n: int = 1, extra: str = "") -> None:
-        self.done += n
-        now = time.monotonic()
-        if now - self.last < 0.5 and self.done < self.total:
-            return
-        self.last = now
-        rate = self.done / max(now - self.start, 1e-9)
-        eta = (self.total - self.done) / rate if rate > 0 else float("inf")
-        eta_s = time.strftime("%H:%M:%S", time.gmtime(eta)) if eta != float("inf") else "?"
-        pct = 100.0 * self.done / max(self.total, 1)
-        self.stream.write(f"\r{self.label}: {self.done}/{self.total} ({pct:.1f}%) {rate:.0f}/s ETA {eta_s} {extra}   ")
-        self.stream.flush()
-
-    def close(self) -> None:
-        self.stream.write("\n")
-        self.stream.flush()
+def _progress(label: str, total: int) -> tqdm:
+    return tqdm(
+        total=total, desc=label, unit=" images", file=sys.stderr, bar_format=PROGRESS_FORMAT, mininterval=0.5,
+        disable=total == 0,  # nothing left to do (a finished job re-run): no empty bar
+    )
 
 
 def _read_journal(path: Path) -> dict[str, dict]:
@@ -237,6 +222,17 @@ def _read_journal(path: Path) -> dict[str, dict]:
             except (ValueError, KeyError):
                 continue  # a line torn by an interrupted run; that input is simply redone
     return records
+
+
+def scale_size_for(config: Path | None) -> int:
+    """The scale a job trains at: its data.scale_size, or 256:224 of its model.input_size; 256 without a job.
+
+    Raises ConfigError naming the file and every bad field.
+    """
+    if config is None:
+        return PAPER_SCALE_SIZE
+    job = load_config(config)
+    return job.data.scale_size or paper_scale_size(job.model.input_size)
 
 
 def prepare(
@@ -270,25 +266,24 @@ def prepare(
         print(f"prepare: {len(records)} of {len(tasks)} inputs already done, resuming", file=sys.stderr)
     ctx = mp.get_context("spawn" if sys.platform == "darwin" else "fork")
     with ctx.Pool(workers) as pool, open(journal_path, "a") as jf:
-        progress = Progress("prepare: images", len(todo))
         bad = 0
-        for rec in pool.imap_unordered(_convert_star, [(t, scale_size, quality) for t in todo], chunksize=8):
-            jf.write(json.dumps(rec) + "\n")
-            jf.flush()  # flushed per file: an interruption loses at most the files in flight
-            records[rec["src"]] = rec
-            bad += rec["status"] == "rejected"
-            progress.update(extra=f"rejected {bad}")
-        progress.close()
+        with _progress("prepare: images", len(todo)) as progress:
+            for rec in pool.imap_unordered(_convert_star, [(t, scale_size, quality) for t in todo], chunksize=8):
+                jf.write(json.dumps(rec) + "\n")
+                jf.flush()  # flushed per file: an interruption loses at most the files in flight
+                records[rec["src"]] = rec
+                bad += rec["status"] == "rejected"
+                progress.set_postfix_str(f"rejected {bad}", refresh=False)
+                progress.update()
 
         train_out = sorted(r["dst"] for r in records.values() if r["split"] == "train" and r["status"] != "rejected")
         chunks = [train_out[i::workers * 4] for i in range(workers * 4)]
         chunks = [c for c in chunks if c]
-        progress = Progress("prepare: mean/PCA", len(train_out))
         total = StatsAccumulator(scale_size)
-        for acc in pool.imap_unordered(_stats_star, [(c, scale_size) for c in chunks]):
-            total.merge(acc)
-            progress.update(acc.num_images)
-        progress.close()
+        with _progress("prepare: mean/PCA", len(train_out)) as progress:
+            for acc in pool.imap_unordered(_stats_star, [(c, scale_size) for c in chunks]):
+                total.merge(acc)
+                progress.update(acc.num_images)
     stats = total.finish()
     stats.save(dst / STATS_FILE)
 
@@ -310,49 +305,3 @@ def prepare(
     }
     atomic_write_text(dst / REPORT_FILE, json.dumps(summary, indent=1) + "\n")
     return summary
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="alexserve prepare", description=__doc__.split("\n\n")[0])
-    parser.add_argument("src", type=Path, help="ImageNet-style tree: SRC/train/<synset>/*, SRC/val/...")
-    parser.add_argument("dst", type=Path, help="output tree (created; re-run to finish an interrupted job)")
-    parser.add_argument("--config", type=Path, help="job config whose data.scale_size to use")
-    parser.add_argument("--scale-size", type=int, help="shorter side and crop (default: the config's data.scale_size, or 256:224 of "
-                        "its model.input_size; else 256, the paper's)")
-    parser.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
-    parser.add_argument("--quality", type=int, default=90, help="JPEG quality of the prepared images (default 90)")
-    parser.add_argument("--val-labels", type=Path, help="labels file for a flat val/ folder")
-    parser.add_argument("--synsets", type=Path, help="synset per line, in the order 1-based integer val labels refer to")
-    parser.add_argument("--class-names", type=Path, help="'<synset> <name>' per line (default SRC/synset_words.txt)")
-    args = parser.parse_args(argv)
-    try:
-        scale = args.scale_size or PAPER_SCALE_SIZE
-        if args.config and not args.scale_size:
-            job = load_config(args.config)
-            scale = job.data.scale_size or paper_scale_size(job.model.input_size)
-        summary = prepare(
-            args.src,
-            args.dst,
-            scale_size=scale,
-            workers=args.workers,
-            quality=args.quality,
-            val_labels=args.val_labels,
-            synsets_file=args.synsets,
-            class_names=args.class_names,
-        )
-    except (DatasetError, ConfigError) as err:
-        print(f"prepare: {err}", file=sys.stderr)
-        return 2
-    print(
-        f"prepare: {summary['inputs']} inputs: {summary['ok']} ok, {len(summary['converted'])} converted, "
-        f"{len(summary['rejected'])} rejected (reasons in {args.dst / REPORT_FILE}); "
-        f"{summary['train_images']} train / {summary['val_images']} val images, {summary['classes']} classes",
-        file=sys.stderr,
-    )
-    for r in summary["rejected"][:10]:
-        print(f"  rejected {r['src']}: {r['reason']}", file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,7 +1,4 @@
-"""`alexserve synth DST`: a learnable ImageNet-like JPEG dataset, the embedded default for the demo and tests.
-
-    alexserve synth data/synth --classes 10 --train-per-class 260 --val-per-class 50
-    alexserve prepare data/synth data/synth-prepared
+"""A learnable ImageNet-like JPEG dataset, the embedded default for the demo and tests (`alexserve synth`).
 
 Layout (the same as ImageNet's, so `prepare` treats it like the real thing):
 
@@ -29,9 +26,7 @@ the statistics of one data set:
 
 from __future__ import annotations
 
-import argparse
 import colorsys
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -86,7 +81,9 @@ VARIANTS = {
 }
 
 
-def render(class_index: int, rng: np.random.Generator, min_side: int, max_side: int, variant: str = "standard") -> np.ndarray:
+def render(
+    class_index: int, rng: np.random.Generator, min_side: int, max_side: int, variant: str = "standard"
+) -> np.ndarray:
     """One HxWx3 uint8 image of class `class_index`, with the pixel statistics of `variant` (see VARIANTS)."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown synth variant {variant!r}; choose from {', '.join(VARIANTS)}")
@@ -102,7 +99,8 @@ def _standard_texture(class_index: int, rng: np.random.Generator, min_side: int,
     h, w = (shorter, round(shorter * aspect)) if aspect >= 1 else (round(shorter / aspect), shorter)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     jitter_angle = angle + rng.normal(0, 0.08)
-    wave = np.sin(2 * np.pi * (xx * np.cos(jitter_angle) + yy * np.sin(jitter_angle)) / (period * shorter) + rng.uniform(0, 2 * np.pi))
+    along = xx * np.cos(jitter_angle) + yy * np.sin(jitter_angle)
+    wave = np.sin(2 * np.pi * along / (period * shorter) + rng.uniform(0, 2 * np.pi))
     r, g, b = colorsys.hsv_to_rgb((hue + rng.normal(0, 0.02)) % 1.0, rng.uniform(0.55, 0.9), rng.uniform(0.55, 0.95))
     colour = np.array([r, g, b], np.float32) * 255
     dark = colour * rng.uniform(0.25, 0.5)
@@ -137,7 +135,8 @@ def generate(
     for k in range(num_classes):
         for i in range(train_per_class):
             rng = np.random.default_rng([seed, 0, k, i])
-            _save(render(k, rng, min_side, max_side, variant), dst / "train" / synset_id(k) / f"{synset_id(k)}_{i}.JPEG", quality)
+            path = dst / "train" / synset_id(k) / f"{synset_id(k)}_{i}.JPEG"
+            _save(render(k, rng, min_side, max_side, variant), path, quality)
     labels = []
     for k in range(num_classes):
         for i in range(val_per_class):
@@ -153,44 +152,3 @@ def generate(
     if val_layout == "flat" and labels:
         (dst / "val_labels.txt").write_text("".join(f"{n} {s}\n" for n, s in sorted(labels)))
     (dst / "synset_words.txt").write_text("".join(f"{synset_id(k)} {class_name(k)}\n" for k in range(num_classes)))
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="alexserve synth", description=__doc__.split("\n\n")[0])
-    parser.add_argument("dst", type=Path, help="output folder (created)")
-    parser.add_argument("--classes", type=int, default=10, help="number of classes (default 10)")
-    parser.add_argument("--train-per-class", type=int, default=260, help="training images per class (default 260)")
-    parser.add_argument("--val-per-class", type=int, default=50, help="validation images per class (default 50)")
-    parser.add_argument("--seed", type=int, default=0, help="same seed, same pixels (default 0)")
-    parser.add_argument("--min-side", type=int, default=96, help="smallest shorter side in pixels (default 96)")
-    parser.add_argument("--max-side", type=int, default=320, help="largest shorter side in pixels (default 320)")
-    parser.add_argument("--val-layout", choices=("flat", "folders"), default="flat", help="ILSVRC-style flat val + labels file, or class folders")
-    parser.add_argument("--quality", type=int, default=90, help="JPEG quality (default 90)")
-    parser.add_argument("--variant", choices=tuple(VARIANTS), default="standard",
-                        help="pixel statistics: the same textures, standard, low-contrast, grayscale, dark or bright (default standard)")
-    args = parser.parse_args(argv)
-    if args.classes < 1 or args.train_per_class < 1 or args.val_per_class < 0:
-        parser.error("--classes and --train-per-class must be >= 1, --val-per-class >= 0")
-    if not 1 <= args.min_side <= args.max_side:
-        parser.error(f"need 1 <= --min-side <= --max-side, got {args.min_side} and {args.max_side}")
-    if args.seed < 0:
-        parser.error("--seed must be >= 0")
-    generate(
-        args.dst,
-        num_classes=args.classes,
-        train_per_class=args.train_per_class,
-        val_per_class=args.val_per_class,
-        seed=args.seed,
-        min_side=args.min_side,
-        max_side=args.max_side,
-        val_layout=args.val_layout,
-        quality=args.quality,
-        variant=args.variant,
-    )
-    total = args.classes * (args.train_per_class + args.val_per_class)
-    print(f"synth: wrote {total} {args.variant} images in {args.classes} classes to {args.dst}", file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

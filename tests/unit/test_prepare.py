@@ -8,8 +8,16 @@ import pytest
 import torch
 from PIL import Image
 
-from alexserve.data.prepared_tree import CLASSES_FILE, JOURNAL_FILE, REPORT_FILE, STATS_FILE, list_prepared_split, read_class_index
-from alexserve.data.prepare import main, prepare
+from alexserve.cli.prepare import main
+from alexserve.data.prepare import prepare
+from alexserve.data.prepared_tree import (
+    CLASSES_FILE,
+    JOURNAL_FILE,
+    REPORT_FILE,
+    STATS_FILE,
+    list_prepared_split,
+    read_class_index,
+)
 from alexserve.data.stats import DatasetStats
 from alexserve.data.synth import generate, synset_id
 from helpers.datasets import NUM_CLASSES, TRAIN_PER_CLASS, VAL_PER_CLASS, folder_job, tiny_prepared_tree
@@ -73,7 +81,8 @@ def test_mean_image_and_pca_equal_numpy():
     for i in range(3):  # eigenvectors up to sign
         v = vectors[:, 2 - i]
         assert abs(abs(float(v @ stats.rgb_eigenvectors[:, i])) - 1) < 1e-6
-    np.testing.assert_allclose(stats.rgb_eigenvectors @ np.diag(stats.rgb_eigenvalues) @ stats.rgb_eigenvectors.T, cov, atol=1e-10)
+    rebuilt = stats.rgb_eigenvectors @ np.diag(stats.rgb_eigenvalues) @ stats.rgb_eigenvectors.T
+    np.testing.assert_allclose(rebuilt, cov, atol=1e-10)
 
 
 @pytest.mark.parametrize("loader", ["dali", "pil"])
@@ -93,7 +102,8 @@ def test_training_over_prepared_tree_never_sees_a_bad_file(loader):
 
 def test_rerun_redoes_only_missing_work(tmp_path: Path):
     src, dst = tmp_path / "src", tmp_path / "dst"
-    generate(src, num_classes=2, train_per_class=4, val_per_class=1, seed=0, min_side=40, max_side=80, val_layout="folders")
+    generate(src, num_classes=2, train_per_class=4, val_per_class=1, seed=0, min_side=40, max_side=80,
+             val_layout="folders")
     (src / "train" / synset_id(0) / "empty.JPEG").write_bytes(b"")
     first = prepare(src, dst, scale_size=64, workers=1)
     outputs = sorted((dst / "train").rglob("*.JPEG"))

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from alexserve.cli.synth import main
 from alexserve.data import synth
-from alexserve.data.synth import VARIANTS, generate, main, render, synset_id
+from alexserve.data.synth import VARIANTS, generate, render, synset_id
 
 
 def render_before_variants(class_index: int, rng: np.random.Generator, min_side: int, max_side: int) -> np.ndarray:
@@ -19,7 +20,10 @@ def render_before_variants(class_index: int, rng: np.random.Generator, min_side:
     h, w = (shorter, round(shorter * aspect)) if aspect >= 1 else (round(shorter / aspect), shorter)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     jitter_angle = angle + rng.normal(0, 0.08)
-    wave = np.sin(2 * np.pi * (xx * np.cos(jitter_angle) + yy * np.sin(jitter_angle)) / (period * shorter) + rng.uniform(0, 2 * np.pi))
+    wave = np.sin(
+        2 * np.pi * (xx * np.cos(jitter_angle) + yy * np.sin(jitter_angle)) / (period * shorter)
+        + rng.uniform(0, 2 * np.pi)
+    )
     r, g, b = colorsys.hsv_to_rgb((hue + rng.normal(0, 0.02)) % 1.0, rng.uniform(0.55, 0.9), rng.uniform(0.55, 0.95))
     colour = np.array([r, g, b], np.float32) * 255
     dark = colour * rng.uniform(0.25, 0.5)
@@ -47,7 +51,8 @@ def written_pixels(root: Path) -> list[np.ndarray]:
 def variant_trees(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("variants")
     for variant in VARIANTS:
-        generate(root / variant, num_classes=10, train_per_class=3, val_per_class=1, seed=4, min_side=48, max_side=96, variant=variant)
+        generate(root / variant, num_classes=10, train_per_class=3, val_per_class=1, seed=4, min_side=48, max_side=96,
+                 variant=variant)
     return {variant: root / variant for variant in VARIANTS}
 
 
@@ -85,7 +90,8 @@ def test_same_arguments_same_bytes(tmp_path: Path):
     f = Path("train") / synset_id(1) / f"{synset_id(1)}_1.JPEG"
     for variant in VARIANTS:
         for name in ("a", "b"):
-            generate(tmp_path / variant / name, num_classes=2, train_per_class=2, val_per_class=0, seed=5, min_side=32, max_side=64, variant=variant)
+            generate(tmp_path / variant / name, num_classes=2, train_per_class=2, val_per_class=0, seed=5,
+                     min_side=32, max_side=64, variant=variant)
         assert (tmp_path / variant / "a" / f).read_bytes() == (tmp_path / variant / "b" / f).read_bytes(), variant
     assert len({(tmp_path / variant / "a" / f).read_bytes() for variant in VARIANTS}) == len(VARIANTS)
 
@@ -119,7 +125,8 @@ def test_every_variant_is_separable(tmp_path: Path):
     from sklearn.svm import SVC
 
     for variant in VARIANTS:
-        generate(tmp_path / variant, num_classes=10, train_per_class=16, val_per_class=0, seed=2, min_side=64, max_side=128, variant=variant)
+        generate(tmp_path / variant, num_classes=10, train_per_class=16, val_per_class=0, seed=2, min_side=64,
+                 max_side=128, variant=variant)
         features, labels = [], []
         for k in range(10):
             for path in sorted((tmp_path / variant / "train" / synset_id(k)).iterdir()):

@@ -1,28 +1,30 @@
-"""`alexserve export CKPT OUT`: a committed checkpoint -> one single-process model file.
+"""A committed checkpoint -> one single-process model file (the `alexserve export` library).
 
-CKPT is a checkpoint folder (`.../checkpoints/step-000001234`) or a checkpoint
-directory (its newest complete checkpoint is used). The output loads with
-`alexserve.model.exported.load_exported` (model code only) or a bare
-`torch.load(..., weights_only=True)`.
+A checkpoint holds one shard per tower; the exported file holds the grouped
+(`AlexNetGrouped`) state dict, the model config and, when the job trained on a
+prepared tree that is still there, the training mean image and the class names
+that `alexserve predict` needs. It loads with `alexserve.model.exported.load_exported`
+(model code only) or a bare `torch.load(..., weights_only=True)`.
 """
 
 from __future__ import annotations
 
-import argparse
-import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from alexserve.checkpoint.run_checkpointer import SHARD_NAMES
+from alexserve.checkpoint.store import CheckpointError, CheckpointRef, CheckpointStore
 from alexserve.config import JobConfig
+from alexserve.durable import write_through
 from alexserve.model.exported import EXPORT_FORMAT
 from alexserve.model.tower_split import join_tower_states
-from alexserve.checkpoint.store import CheckpointError, CheckpointRef, CheckpointStore
-from alexserve.checkpoint.run_checkpointer import SHARD_NAMES
 
 
 def find_checkpoint(path: Path) -> tuple[CheckpointStore, CheckpointRef]:
+    """The checkpoint at `path`: a checkpoint folder (`.../step-000001234`), or a directory's newest complete one."""
     path = Path(path)
     store = CheckpointStore(path, keep_last=1_000_000, shard_names=SHARD_NAMES)
     ref = store.latest()
@@ -34,7 +36,15 @@ def find_checkpoint(path: Path) -> tuple[CheckpointStore, CheckpointRef]:
     return store, ref
 
 
-def prepared_extras(job: JobConfig) -> dict:
+def load_grouped_state(path: Path) -> tuple[JobConfig, dict[str, torch.Tensor], int]:
+    """(the job, both towers' weights joined in the grouped layout, the step) of the checkpoint at `path`."""
+    store, ref = find_checkpoint(path)
+    job = JobConfig.model_validate(store.load_config(ref))
+    towers = [store.load(ref, name)["model"] for name in SHARD_NAMES]
+    return job, join_tower_states(job.model, towers), ref.step
+
+
+def prepared_extras(job: JobConfig) -> dict[str, Any]:
     """Mean image and class names, when the job trained on a prepared tree that is still there."""
     if job.data.source != "folder":
         return {}
@@ -52,41 +62,17 @@ def prepared_extras(job: JobConfig) -> dict:
     }
 
 
-def export(checkpoint: Path, out: Path) -> Path:
-    store, ref = find_checkpoint(checkpoint)
-    job = JobConfig.model_validate(store.load_config(ref))
-    towers = [store.load(ref, name)["model"] for name in SHARD_NAMES]
+def export_checkpoint(checkpoint: Path, out: Path) -> Path:
+    """Writes the checkpoint at `checkpoint` as one model file at `out` (atomically); returns `out`."""
+    job, state_dict, step = load_grouped_state(checkpoint)
     content = {
         "format": EXPORT_FORMAT,
         "model_config": job.model.model_dump(mode="json"),
-        "state_dict": join_tower_states(job.model, towers),
-        "step": ref.step,
+        "state_dict": state_dict,
+        "step": step,
         **prepared_extras(job),
     }
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(content, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, out)
+    write_through(out, lambda f: torch.save(content, f))
     return out
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="alexserve export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoint", type=Path)
-    parser.add_argument("out", type=Path)
-    args = parser.parse_args(argv)
-    try:
-        out = export(args.checkpoint, args.out)
-    except CheckpointError as err:
-        print(f"alexserve export: {err}", file=sys.stderr)
-        return 2
-    print(f"wrote {out}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
