@@ -1,4 +1,4 @@
-"""Shared helpers for the data tests (imported explicitly; not a pytest conftest).
+"""Shared helpers for the data tests.
 
 `tiny_prepared_tree()` builds one small synth dataset with every kind of bad file,
 prepares it once per test process, and returns the paths: a few seconds on 2 cores.
@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import atexit
 import functools
+import hashlib
 import shutil
 import tempfile
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 from alexserve.config import DataConfig, JobConfig, ModelConfig, TrainConfig
@@ -56,15 +58,22 @@ def tiny_prepared_tree() -> tuple[Path, Path, dict[str, str]]:
     root = Path(tempfile.mkdtemp(prefix="alexserve-data-test-"))
     atexit.register(shutil.rmtree, root, True)
     src, dst = root / "src", root / "dst"
-    generate(src, num_classes=NUM_CLASSES, train_per_class=TRAIN_PER_CLASS, val_per_class=VAL_PER_CLASS, seed=3, min_side=48, max_side=160)
+    generate(src, num_classes=NUM_CLASSES, train_per_class=TRAIN_PER_CLASS, val_per_class=VAL_PER_CLASS, seed=3,
+             min_side=48, max_side=160)
     bad = write_bad_files(next(p for p in sorted((src / "train").iterdir())))
     prepare(src, dst, scale_size=256, workers=2)
     return src, dst, bad
 
 
-def folder_job(dst: Path, *, loader: str = "dali", batch_size: int = 4, input_size: int = 224, seed: int = 0, **data) -> JobConfig:
+def folder_job(dst: Path, *, loader: str = "dali", batch_size: int = 4, input_size: int = 224, seed: int = 0,
+               **data) -> JobConfig:
     return JobConfig(
         model=ModelConfig(num_classes=NUM_CLASSES, input_size=input_size),
         data=DataConfig(source="folder", train_dir=dst / "train", loader=loader, num_workers=1, **data),
         train=TrainConfig(batch_size=batch_size, seed=seed),
     )
+
+
+def checksum(batch: torch.Tensor) -> str:
+    """SHA-256 of a batch's bytes: equal batches, equal strings, in any process."""
+    return hashlib.sha256(batch.contiguous().numpy().tobytes()).hexdigest()

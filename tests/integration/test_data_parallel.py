@@ -2,30 +2,47 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
-from alexserve.checkpoint.store import CheckpointStore
 from alexserve.checkpoint.run_checkpointer import SHARD_NAMES
-from helpers.processes import run_scenario, start_ranks, wait_all
-from test_resume_export import JOB
-from test_two_tower_parity import assert_close
+from alexserve.checkpoint.store import CheckpointStore
+from alexserve.parallel.data_parallel import replicate_across_pairs
+from alexserve.parallel.topology import Topology
+from alexserve.train.optimizer import PaperSGD
+from alexserve.train.step import tower_train_step
+from helpers.parity import assert_matches_reference, make_batch, parity_tower
+from helpers.processes import GROUP_TIMEOUT_SECONDS, rank_main, run_ranks, start_ranks, wait_all
+from helpers.worker_jobs import CHECKPOINTED_JOB
+
+
+def rank_data_parallel_step(topology: Topology, out: Path) -> None:
+    """One SGD step; pair p trains on its slice of the parity batch; every rank saves its tower's weights."""
+    tower, exchange = parity_tower(topology)
+    model = replicate_across_pairs(tower, topology, GROUP_TIMEOUT_SECONDS)  # DDP over the pairs, or the tower alone
+    optimizer = PaperSGD(tower.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    images, labels = make_batch(8)
+    per_pair = len(labels) // topology.num_pairs
+    mine = slice(topology.pair * per_pair, (topology.pair + 1) * per_pair)
+    tower_train_step(model, exchange, optimizer, images[mine], labels[mine], None)
+    torch.save({"weights": tower.state_dict()}, out / f"rank{topology.rank}.pt")
 
 
 def test_two_pairs_step_equals_one_pair_on_the_concatenated_batch(tmp_path):
-    (tmp_path / "one").mkdir()
-    (tmp_path / "two").mkdir()
-    run_scenario("data_parallel_step", tmp_path / "one", world_size=2)
-    run_scenario("data_parallel_step", tmp_path / "two", world_size=4, timeout=180)
+    run_ranks(rank_data_parallel_step, tmp_path / "one", world_size=2)
+    run_ranks(rank_data_parallel_step, tmp_path / "two", world_size=4, timeout=180)
     for rank in (0, 1):
         one = torch.load(tmp_path / "one" / f"rank{rank}.pt", weights_only=True)["weights"]
         for source in (rank, rank + 2):  # both pairs hold the same tower weights afterwards
             two = torch.load(tmp_path / "two" / f"rank{source}.pt", weights_only=True)["weights"]
             for name, value in one.items():
-                assert_close(two[name], value, f"tower {rank} {name} (rank {source} of the 2-pair run)")
+                assert_matches_reference(two[name], value, f"tower {rank} {name} (rank {source} of the 2-pair run)")
 
 
-def run_worker(world_size: int, run_dir, *extra: str) -> None:
-    procs = start_ranks(["-m", "alexserve.worker", *JOB, "--set", f"train.run_dir={run_dir}", *extra], world_size)
+def run_worker(world_size: int, run_dir: Path, *extra: str) -> list[tuple[int, str, str]]:
+    procs = start_ranks(["-m", "alexserve.worker", *CHECKPOINTED_JOB, "--set", f"train.run_dir={run_dir}", *extra],
+                        world_size)
     results = wait_all(procs, timeout=240)
     for rank, (code, _, err) in enumerate(results):
         assert code == 0, f"rank {rank}: {err[-2000:]}"
@@ -45,3 +62,7 @@ def test_checkpoints_move_between_one_and_two_pairs(tmp_path):
     results = run_worker(4, four_to_two, "--resume", "--set", "train.num_epochs=3")
     assert "resumed from the checkpoint at step 12" in results[0][2]
     assert store.latest().step == 12 + 4
+
+
+if __name__ == "__main__":
+    rank_main()

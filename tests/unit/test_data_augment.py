@@ -35,7 +35,8 @@ def test_lighting_offsets_have_the_papers_distribution():
 
 
 def test_crops_cover_every_legal_offset_and_flips_are_half():
-    p = draw_epoch(100_000, seed=2, epoch=3, max_offset=256 - 224, flip_probability=0.5, pca_lighting_std=0.1, stats=make_stats())
+    p = draw_epoch(100_000, seed=2, epoch=3, max_offset=256 - 224, flip_probability=0.5, pca_lighting_std=0.1,
+                   stats=make_stats())
     for axis in (p.crop_x, p.crop_y):
         assert set(np.unique(axis).tolist()) == set(range(33))
     assert abs(p.flip.mean() - 0.5) < 0.01

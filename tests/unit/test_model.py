@@ -8,6 +8,7 @@ import torch
 from alexserve.config import ConfigError, ModelConfig, build_config
 from alexserve.model import AlexNetGrouped, AlexNetTower, join_tower_states, split_grouped_state
 from alexserve.model.lrn import PaperLRN
+from helpers.tensors import context
 
 PAPER_PARAMETERS = 60_965_224
 
@@ -28,7 +29,8 @@ def test_every_layer_output_shape_matches_the_paper(input_size, padding):
     model = AlexNetGrouped(cfg).eval()
     shapes = {}
     for name in ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8"):
-        getattr(model, name).register_forward_hook(lambda m, i, o, name=name: shapes.__setitem__(name, tuple(o.shape[1:])))
+        getattr(model, name).register_forward_hook(
+            lambda m, i, o, name=name: shapes.__setitem__(name, tuple(o.shape[1:])))
     pools = []
     model.pool.register_forward_hook(lambda m, i, o: pools.append(tuple(o.shape[1:])))
     with torch.no_grad():
@@ -45,7 +47,8 @@ def test_every_layer_output_shape_matches_the_paper(input_size, padding):
 def test_tower_holds_half_of_every_layer():
     tower = AlexNetTower(ModelConfig(num_classes=1000), 1)
     assert [getattr(tower, f"conv{i}").out_channels for i in range(1, 6)] == [48, 128, 192, 192, 128]
-    assert (tower.conv3.in_channels, tower.fc6.in_features, tower.fc7.in_features, tower.fc8.in_features) == (256, 9216, 4096, 4096)
+    in_features = (tower.conv3.in_channels, tower.fc6.in_features, tower.fc7.in_features, tower.fc8.in_features)
+    assert in_features == (256, 9216, 4096, 4096)
     assert (tower.fc6.out_features, tower.fc7.out_features, tower.fc8.out_features) == (2048, 2048, 500)
 
 
@@ -66,17 +69,21 @@ def test_lrn_follows_the_chosen_reading_of_alpha(convention, coefficient):
     a = torch.randn(2, 11, 4, 4, dtype=torch.float64) * 300
     cfg = ModelConfig(lrn_alpha_convention=convention)
     expected = reference_lrn(a, 5, coefficient, 0.75, 2.0)
-    torch.testing.assert_close(PaperLRN(cfg)(a), expected, rtol=1e-12, atol=0)
+    torch.testing.assert_close(PaperLRN(cfg)(a), expected, rtol=1e-12, atol=0,
+                               msg=context(f"LRN ({convention}) against the loop"))
     # Grouped: the window never crosses into the other tower's maps.
     two = torch.cat([a, a * 3], dim=1)
     grouped = PaperLRN(cfg, groups=2)(two)
-    torch.testing.assert_close(grouped[:, :11], expected, rtol=1e-12, atol=0)
-    torch.testing.assert_close(grouped[:, 11:], reference_lrn(a * 3, 5, coefficient, 0.75, 2.0), rtol=1e-12, atol=0)
+    torch.testing.assert_close(grouped[:, :11], expected, rtol=1e-12, atol=0,
+                               msg=context("grouped LRN, first tower's maps"))
+    torch.testing.assert_close(grouped[:, 11:], reference_lrn(a * 3, 5, coefficient, 0.75, 2.0), rtol=1e-12, atol=0,
+                               msg=context("grouped LRN, second tower's maps"))
 
 
 def test_default_lrn_is_torchs_local_response_norm_with_the_papers_constants():
     a = torch.randn(2, 8, 3, 3, dtype=torch.float64) * 300
-    torch.testing.assert_close(PaperLRN(ModelConfig())(a), torch.nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0)(a))
+    torchs = torch.nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0)(a)
+    torch.testing.assert_close(PaperLRN(ModelConfig())(a), torchs, msg=context("PaperLRN against torch's"))
 
 
 def test_initialisation_follows_the_paper():
@@ -85,9 +92,11 @@ def test_initialisation_follows_the_paper():
     for name in ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8"):
         layer = getattr(model, name)
         bias = 1.0 if name in ("conv2", "conv4", "conv5", "fc6", "fc7") else 0.0
-        assert torch.all(layer.bias == bias), name
+        torch.testing.assert_close(layer.bias.detach(), torch.full_like(layer.bias.detach(), bias), rtol=0, atol=0,
+                                   msg=context(f"{name}.bias is not all {bias}"))
         assert abs(float(layer.weight.detach().mean())) < 1e-3, name
-        assert abs(float(layer.weight.detach().std()) - 0.01) < 0.0015 * (1 + 30 / layer.weight.numel() ** 0.5), name
+        std_tolerance = 0.0015 * (1 + 30 / layer.weight.numel() ** 0.5)
+        assert abs(float(layer.weight.detach().std()) - 0.01) < std_tolerance, name
 
 
 def test_grouped_and_tower_layouts_round_trip():
@@ -100,9 +109,12 @@ def test_grouped_and_tower_layouts_round_trip():
         fresh = AlexNetTower(cfg, t)
         fresh.reset_parameters(5)
         for name, value in fresh.state_dict().items():
-            assert torch.equal(value, state[name]), f"tower {t} {name}: grouped init is not the towers' init"
+            torch.testing.assert_close(state[name], value, rtol=0, atol=0,
+                                       msg=context(f"tower {t} {name}: grouped init is not the towers' init"))
     joined = join_tower_states(cfg, towers)
-    assert all(torch.equal(joined[n], v) for n, v in grouped.state_dict().items())
+    for name, value in grouped.state_dict().items():
+        torch.testing.assert_close(joined[name], value, rtol=0, atol=0,
+                                   msg=context(f"{name}: split then joined is not the grouped state"))
     assert towers[0]["fc8.weight"].shape[0] == 5 and towers[1]["fc8.weight"].shape[0] == 4
 
 

@@ -9,6 +9,7 @@ import torch
 
 from alexserve.config import OptimConfig
 from alexserve.train.optimizer import PaperSGD
+from helpers.tensors import context
 
 LR, MOMENTUM, WD = 0.01, 0.9, 5e-4
 
@@ -38,7 +39,7 @@ def test_matches_the_papers_rule_computed_by_hand():
         v = MOMENTUM * v - WD * LR * w - LR * g
         w = w + v
     got = _run(lambda p: PaperSGD(p, lr=LR, momentum=MOMENTUM, weight_decay=WD), w0, [LR] * 4)
-    torch.testing.assert_close(got, w, rtol=0, atol=1e-15)
+    torch.testing.assert_close(got, w, rtol=0, atol=1e-15, msg=context("PaperSGD against the rule by hand"))
 
 
 def test_first_step_from_hand_numbers():
@@ -48,11 +49,13 @@ def test_first_step_from_hand_numbers():
     w.grad = torch.tensor([1.0, 1.0], dtype=torch.float64)
     opt.step()
     # 1 - 0.5*0.1*1 - 0.1*1 = 0.85 ; -2 - 0.5*0.1*(-2) - 0.1 = -2.0
-    torch.testing.assert_close(w.detach(), torch.tensor([0.85, -2.0], dtype=torch.float64))
+    torch.testing.assert_close(w.detach(), torch.tensor([0.85, -2.0], dtype=torch.float64),
+                               msg=context("weights after the first step"))
     w.grad = torch.tensor([0.0, 0.0], dtype=torch.float64)
     opt.step()
     # v1 = (-0.15, 0.0); v2 = 0.9*v1 - 0.05*w1 = (-0.135 - 0.0425, 0.1) ; w2 = (0.6725, -1.9)
-    torch.testing.assert_close(w.detach(), torch.tensor([0.6725, -1.9], dtype=torch.float64))
+    torch.testing.assert_close(w.detach(), torch.tensor([0.6725, -1.9], dtype=torch.float64),
+                               msg=context("weights after the second step"))
 
 
 def test_agrees_with_torch_sgd_at_constant_lr():
@@ -61,7 +64,7 @@ def test_agrees_with_torch_sgd_at_constant_lr():
     lrs = [LR] * 20
     ours = _run(lambda p: PaperSGD(p, lr=LR, momentum=MOMENTUM, weight_decay=WD), w0, lrs)
     torchs = _run(lambda p: torch.optim.SGD(p, lr=LR, momentum=MOMENTUM, weight_decay=WD), w0, lrs)
-    torch.testing.assert_close(ours, torchs, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(ours, torchs, rtol=1e-12, atol=1e-14, msg=context("PaperSGD against torch.optim.SGD"))
 
 
 def test_differs_from_torch_sgd_after_an_lr_change_as_documented():
@@ -76,7 +79,7 @@ def test_differs_from_torch_sgd_after_an_lr_change_as_documented():
     for step, lr in enumerate(lrs):
         v = MOMENTUM * v - WD * lr * w - lr * _grad_of(w, step)
         w = w + v
-    torch.testing.assert_close(ours, w, rtol=0, atol=1e-15)
+    torch.testing.assert_close(ours, w, rtol=0, atol=1e-15, msg=context("PaperSGD against the rule by hand"))
 
 
 def test_weight_decay_applies_to_biases_and_params_without_grad_are_left_alone():
@@ -87,8 +90,10 @@ def test_weight_decay_applies_to_biases_and_params_without_grad_are_left_alone()
     layer.weight.grad = torch.zeros_like(layer.weight)
     layer.bias.grad = torch.zeros_like(layer.bias)
     opt.step()
-    torch.testing.assert_close(layer.bias.detach(), bias0 * 0.9)  # pure decay: b - 1.0*0.1*b
-    assert torch.equal(frozen.detach(), torch.ones(4))
+    # pure decay: b - 1.0*0.1*b
+    torch.testing.assert_close(layer.bias.detach(), bias0 * 0.9, msg=context("bias after a step of pure decay"))
+    torch.testing.assert_close(frozen.detach(), torch.ones(4), rtol=0, atol=0,
+                               msg=context("a parameter without a gradient moved"))
     assert frozen not in opt.state
 
 
@@ -119,8 +124,8 @@ def test_state_dict_round_trip_continues_bit_for_bit():
     model_c.load_state_dict(saved["model"])
     opt_c.load_state_dict(saved["optim"])
     train(model_c, opt_c, 3, 3)
-    for a, c in zip(model_a.parameters(), model_c.parameters()):
-        assert torch.equal(a, c)
+    for (name, a), c in zip(model_a.named_parameters(), model_c.parameters(), strict=True):
+        torch.testing.assert_close(c, a, rtol=0, atol=0, msg=context(f"{name} after the resumed steps"))
 
 
 def test_set_lr_and_config_defaults():

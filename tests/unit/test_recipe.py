@@ -1,4 +1,5 @@
-"""The 'auto' recipe: the paper's choices at paper size, the documented departures below, values measured from the data."""
+"""The 'auto' recipe: the paper's choices at paper size, the documented departures below, values measured from the
+data."""
 
 from __future__ import annotations
 
@@ -39,20 +40,22 @@ def test_below_paper_size_every_departure_is_taken_and_named(width, input_size):
 
 
 def test_fields_set_by_hand_win_over_auto():
-    model = ModelConfig(num_classes=10, width=0.25, input_size=64, init_scheme="paper", init_bias_one_layers=PAPER_BIAS_ONE_LAYERS,
-                        input_scaling="raw")
+    model = ModelConfig(num_classes=10, width=0.25, input_size=64, init_scheme="paper",
+                        init_bias_one_layers=PAPER_BIAS_ONE_LAYERS, input_scaling="raw")
     job = JobConfig(model=model, optim={"warmup_epochs": 0})
     assert departures(job) == []
 
 
 def test_printed_lrn_is_named_as_a_departure():
     job = JobConfig(model=ModelConfig(num_classes=1000, lrn_alpha_convention="printed"))
-    assert departures(job) == ["LRN: the paper's printed alpha (not divided by n), five times stronger than the authors' code"]
+    assert departures(job) == [
+        "LRN: the paper's printed alpha (not divided by n), five times stronger than the authors' code"]
 
 
 def test_classes_scale_and_pixel_std_come_from_the_prepared_tree():
     _, dst, _ = tiny_prepared_tree()
-    job = JobConfig(model=ModelConfig(width=0.25, input_size=64), data=DataConfig(source="folder", train_dir=dst / "train"))
+    job = JobConfig(model=ModelConfig(width=0.25, input_size=64),
+                    data=DataConfig(source="folder", train_dir=dst / "train"))
     resolved = resolve_job(job).job
     assert resolved.model.num_classes == NUM_CLASSES
     assert resolved.data.scale_size == 256
@@ -93,7 +96,8 @@ def test_generated_data_resolves_without_a_tree():
 
 
 def test_reduced_net_starts_at_the_loss_of_a_uniform_guess_and_keeps_its_signal():
-    """He init keeps unit-scale activations alive to fc7 whatever the width; fc8 at 0 makes the first loss ln(classes)."""
+    """He init keeps unit-scale activations alive to fc7 whatever the width; fc8 at 0 makes the first loss
+    ln(classes)."""
     for width in (0.25, 1.0):
         cfg = ModelConfig(num_classes=10, width=width, input_size=64, pixel_std=60.0)
         model = AlexNetGrouped.from_seed(cfg, 0).double()
@@ -113,7 +117,8 @@ def test_the_demo_sets_only_what_a_user_sets():
     assert demo.model.model_dump(exclude_defaults=True) == {"width": 0.25, "input_size": 64}
     assert demo.optim.model_dump(exclude_defaults=True) == {}
     assert set(demo.data.model_dump(exclude_defaults=True)) == {"source", "train_dir"}
-    assert set(demo.train.model_dump(exclude_defaults=True)) <= {"batch_size", "num_epochs", "log_every_steps", "run_dir"}
+    user_fields = {"batch_size", "num_epochs", "log_every_steps", "run_dir"}
+    assert set(demo.train.model_dump(exclude_defaults=True)) <= user_fields
 
 
 def test_an_unresolved_job_says_so_when_a_model_is_built():

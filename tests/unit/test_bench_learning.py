@@ -1,9 +1,7 @@
-"""`python -m alexserve.bench.learning`: its parts fast, the whole run with -m slow."""
+"""`python -m alexserve.bench.learning`, its parts in-process (the whole run, with -m slow, is in
+tests/integration/test_bench_learning_full_run.py)."""
 
-import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,8 +12,9 @@ from alexserve.train.history import EpochRecord, History, read_history
 
 
 def record(epoch: int, error: float, seconds: float) -> EpochRecord:
-    return EpochRecord(epoch=epoch, step=10 * epoch, train_loss=1.0, train_top1_error=0.5, val_top1_error=error, val_top5_error=0.0,
-                       val_top1_error_10crop=None, val_top5_error_10crop=None, lr=0.01, epoch_seconds=seconds)
+    return EpochRecord(epoch=epoch, step=10 * epoch, train_loss=1.0, train_top1_error=0.5, val_top1_error=error,
+                       val_top5_error=0.0, val_top1_error_10crop=None, val_top5_error_10crop=None, lr=0.01,
+                       epoch_seconds=seconds)
 
 
 def test_time_to_target_is_the_sum_up_to_the_first_epoch_at_or_below_it():
@@ -77,21 +76,3 @@ def test_single_process_loop_warms_up_and_records_every_epoch():
     assert records[0].val_top1_error_10crop is not None  # ten crops every epoch, as the loop's default
     assert records[0].lr == pytest.approx(job.optim.learning_rate)  # warmup (one epoch) ends on the epoch's last step
     assert all(r.epoch_seconds > 0 for r in records)
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(1500)
-def test_full_benchmark_run(tmp_path: Path):
-    """The whole benchmark as documented: about 3 minutes on two idle cores, 5 or more when they are shared."""
-    out = tmp_path / "learning.json"
-    done = subprocess.run([sys.executable, "-m", "alexserve.bench.learning", "--run-dir", str(tmp_path / "runs"), "--out", str(out)],
-                          capture_output=True, text=True, timeout=1200)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "pair / single" in done.stdout and "CPU cores" in done.stdout
-    figures = json.loads(out.read_text())
-    for name in ("pair", "single"):
-        assert figures[name]["epochs_run"] >= 1
-        assert figures[name]["final_top1_error"] < 0.5, f"{name} did not learn: {figures[name]}"
-    assert (tmp_path / "runs" / "pair" / "history.jsonl").exists() and (tmp_path / "runs" / "single" / "history.jsonl").exists()
-    assert [s["features"] for s in figures["svm"]] == ["8x8 originals", "prepared 64-px grey centre crops"]
-    assert all(s["top1_error"] < 0.05 for s in figures["svm"])

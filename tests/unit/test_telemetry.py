@@ -1,0 +1,110 @@
+"""Telemetry and commands: the do-nothing defaults cost nothing, and the supervisor sink sends the right messages."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import zmq
+
+from alexserve.contract.supervisor_channel import SupervisorChannel
+from alexserve.contract.telemetry import (
+    CommandSource,
+    EvalSummary,
+    ExchangeTime,
+    IntervalSummary,
+    NoCommands,
+    NullTelemetry,
+    SupervisorTelemetry,
+    TelemetrySink,
+)
+from alexserve.contract.worker_messages import (
+    CheckpointEvent,
+    ErrorEvent,
+    EvalReport,
+    ExchangeTiming,
+    StateEvent,
+    StepReport,
+    parse_report,
+)
+from alexserve.parallel.exchange import ExchangeTotals
+from alexserve.train.control import Action, CommandSync
+from alexserve.train.evaluation import EvalResult
+from alexserve.train.progress import IntervalMeter
+from alexserve.train.reporting import eval_summary, interval_summary
+
+INTERVAL = IntervalSummary(
+    epoch=2, global_step=40, steps=8, images=256, loss=1.5, learning_rate=0.01, step_seconds=[0.1, 0.2, math.inf],
+    data_wait_seconds=0.05, exchange=[ExchangeTime("fc6", "backward", 0.01, 4096)], memory_bytes=123,
+)
+EVAL = EvalSummary(epoch=2, global_step=40, center_top1_error=0.5, center_top5_error=0.2)
+
+
+def every_call(sink: TelemetrySink) -> None:
+    sink.interval(INTERVAL)
+    sink.evaluation(EVAL)
+    sink.checkpoint(40)
+    sink.state("paused", 40)
+    sink.error("rank 1 lost its peer", "error")
+
+
+def test_the_null_defaults_accept_everything_and_say_nothing():
+    every_call(NullTelemetry())
+    source: CommandSource = NoCommands()
+    assert source.poll_command() is None
+
+
+def test_without_a_command_source_no_rank_waits_for_a_broadcast():
+    # No process group exists here: a broadcast would raise, so NONE proves none was attempted.
+    sync = CommandSync(is_primary=True, device=torch.device("cpu"))
+    assert [sync.next_action() for _ in range(3)] == [Action.NONE] * 3
+    assert CommandSync(False, torch.device("cpu"), NoCommands()).next_action() == Action.NONE
+
+
+@pytest.fixture
+def pull_socket():
+    ctx = zmq.Context.instance()
+    pull = ctx.socket(zmq.PULL)
+    pull.setsockopt(zmq.LINGER, 0)
+    pull.setsockopt(zmq.RCVTIMEO, 5000)
+    port = pull.bind_to_random_port("tcp://127.0.0.1")
+    yield pull, f"tcp://127.0.0.1:{port}"
+    pull.close()
+
+
+def test_the_supervisor_sink_sends_one_message_per_call(pull_socket):
+    pull, address = pull_socket
+    with SupervisorChannel("job-7", 3, address, None) as channel:
+        every_call(SupervisorTelemetry(channel, pair=1, tower=1))
+        received = [parse_report(pull.recv()) for _ in range(5)]
+    step, evaluation, checkpoint, state, error = received
+    assert step == StepReport(
+        job_id="job-7", rank=3, pair=1, tower=1, epoch=2, step=40, steps=8, loss=1.5, learning_rate=0.01,
+        images=256, step_seconds=[0.1, 0.2], data_wait_seconds=0.05, device_memory_bytes=123,
+        exchange=[ExchangeTiming(point="fc6", direction="backward", seconds=0.01, bytes=4096)],
+    )
+    assert evaluation == EvalReport(job_id="job-7", rank=3, epoch=2, step=40, center_top1_error=0.5,
+                                    center_top5_error=0.2, ten_crop_top1_error=None, ten_crop_top5_error=None)
+    assert isinstance(checkpoint, CheckpointEvent) and (checkpoint.job_id, checkpoint.step) == ("job-7", 40)
+    assert state == StateEvent(job_id="job-7", rank=3, state="paused", step=40)
+    assert error == ErrorEvent(job_id="job-7", rank=3, message="rank 1 lost its peer", reason="error")
+
+
+def test_training_counters_become_plain_summaries():
+    meter = IntervalMeter()
+    meter.add_step(loss=2.0, top1_errors=3, images=4, seconds=0.5)
+    meter.add_step(loss=1.0, top1_errors=1, images=4, seconds=0.25)
+    meter.data_wait_seconds = 0.1
+    exchanged = {("conv3", "forward"): ExchangeTotals(0.3, 1000, 2)}
+    summary = interval_summary(meter, epoch=0, global_step=2, learning_rate=0.02, exchanged=exchanged,
+                               device=torch.device("cpu"))
+    assert (summary.steps, summary.images, summary.loss, summary.step_seconds) == (2, 8, 1.5, [0.5, 0.25])
+    assert summary.exchange == [ExchangeTime("conv3", "forward", 0.3, 1000)]
+    assert summary.memory_bytes > 10_000_000  # this process's resident memory: torch alone is more
+
+    center = EvalResult("center", 0.25, 0.125, 8)
+    assert eval_summary(1, 9, {"center": center}) == EvalSummary(1, 9, 0.25, 0.125, None, None)
+    ten = EvalResult("ten_crop", 0.2, 0.1, 8)
+    assert eval_summary(1, 9, {"center": center, "ten_crop": ten}).ten_crop_top5_error == 0.1
+
