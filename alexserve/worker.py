@@ -17,43 +17,70 @@ complete checkpoint in `train.checkpoint_dir` (default `run_dir/checkpoints`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from alexserve.checkpoint.run_checkpointer import RunCheckpointer, open_store
+from alexserve.checkpoint.store import CheckpointError
 from alexserve.config import ConfigError, JobConfig, load_config
 from alexserve.contract.names import WorkerExit
+from alexserve.contract.supervisor_channel import SupervisorChannel
+from alexserve.contract.telemetry import (
+    CommandSource,
+    ErrorReason,
+    NoCommands,
+    NullTelemetry,
+    SupervisorTelemetry,
+    TelemetrySink,
+)
 from alexserve.data.demo_data import ensure_demo_dataset
 from alexserve.data.factory import build_eval_source, build_train_source
 from alexserve.data.prepared_tree import DatasetError
 from alexserve.data.source import EvalSource, TrainSource
 from alexserve.model import AlexNetTower
-from alexserve.parallel.data_parallel import GradientAverager, tower_groups
+from alexserve.parallel.data_parallel import replicate_across_pairs
 from alexserve.parallel.exchange import PeerExchange, PeerLostError
 from alexserve.parallel.process_group import process_group
 from alexserve.parallel.topology import LaunchError, Topology, topology_from_env
-from alexserve.contract.supervisor_channel import SupervisorChannel
-from alexserve.checkpoint.store import CheckpointError
-from alexserve.checkpoint.run_checkpointer import RunCheckpointer, open_store
-from alexserve.train.control import CommandSync
 from alexserve.train.divergence import TrainingDiverged
 from alexserve.train.history import History
-from alexserve.train.loop import TowerTrainer
+from alexserve.train.loop import Learner, TowerTrainer, TrainerIO
 from alexserve.train.optimizer import PaperSGD
-from alexserve.train.reporting import Reporter
 from alexserve.train.recipe import resolve_job
 from alexserve.train.schedule import PlateauSchedule
 
 
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="alexserve.worker", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="alexserve.worker", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, help="job config (YAML or JSON); default: the embedded demo")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE", help="override one field (repeatable)")
-    parser.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in the run dir, if any")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                        help="override one field (repeatable)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from the newest complete checkpoint in the run dir, if any")
     return parser.parse_args(argv)
+
+
+@dataclass
+class Supervision:
+    """Where reports go and commands come from: the supervisor's channel, or nowhere."""
+
+    telemetry: TelemetrySink = field(default_factory=NullTelemetry)
+    commands: CommandSource = field(default_factory=NoCommands)
+
+
+def supervision(topology: Topology, stack: contextlib.ExitStack) -> Supervision:
+    """The supervisor's telemetry and commands when one started this worker, else the do-nothing defaults."""
+    channel = SupervisorChannel.from_env(topology.rank)
+    if channel is None:
+        return Supervision()
+    stack.callback(channel.close)
+    return Supervision(SupervisorTelemetry(channel, topology.pair, topology.tower), channel)
 
 
 def build_sources(job: JobConfig, topology: Topology) -> tuple[TrainSource, EvalSource | None]:
@@ -74,11 +101,11 @@ def resume_requested(args: argparse.Namespace) -> bool:
 
 def announce_departures(departures: list[str]) -> None:
     if departures:
-        print("departures from the paper for this job (README, \"Departures\"):\n" + "\n".join(f"  - {line}" for line in departures),
-              file=sys.stderr, flush=True)
+        lines = "\n".join(f"  - {line}" for line in departures)
+        print(f"departures from the paper for this job (README, \"Departures\"):\n{lines}", file=sys.stderr, flush=True)
 
 
-def run(job: JobConfig, topology: Topology, resume: bool, link) -> int:
+def run(job: JobConfig, topology: Topology, resume: bool, supervised: Supervision) -> int:
     resolved = resolve_job(job)
     job = resolved.job
     if topology.is_primary:
@@ -88,9 +115,7 @@ def run(job: JobConfig, topology: Topology, resume: bool, link) -> int:
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", topology.world_size))
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
     with process_group(topology, job.dist.timeout_seconds):
-        dp_group = tower_groups(topology)
         tower = build_tower(job, topology)
-        averager = GradientAverager(tower, dp_group, topology.num_pairs) if dp_group is not None else None
         exchange = PeerExchange(topology.rank, topology.peer, topology.tower)
         optimizer = PaperSGD.from_config(tower.parameters(), job.optim)
         schedule = PlateauSchedule(job.optim)
@@ -102,12 +127,12 @@ def run(job: JobConfig, topology: Topology, resume: bool, link) -> int:
             history.rewind(position.epoch if position else 0)
             if position:
                 print(f"resumed from the checkpoint at step {position.global_step}", file=sys.stderr, flush=True)
+        model = replicate_across_pairs(tower, topology, job.dist.timeout_seconds)  # after restore: pairs agree
         train_source, eval_source = build_sources(job, topology)
         try:
-            trainer = TowerTrainer(job, topology, tower, exchange, optimizer, schedule, train_source, eval_source,
-                                   checkpointer, CommandSync(link, topology.is_primary, topology.device),
-                                   Reporter(link, topology), history, position, averager=averager)
-            trainer.train()
+            learner = Learner(model, exchange, optimizer, schedule)
+            io = TrainerIO(train_source, eval_source, checkpointer, history, supervised.telemetry, supervised.commands)
+            TowerTrainer(job, topology, learner, io, position).train()
         finally:
             train_source.close()
             eval_source.close()
@@ -125,30 +150,25 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, LaunchError, DatasetError) as err:
         print(f"{prefix} {err}", file=sys.stderr)
         return WorkerExit.BAD_INPUT
-    link = SupervisorChannel.from_env(topology.rank)
-    try:
-        return run(job, topology, resume_requested(args), link)
-    except (DatasetError, CheckpointError) as err:
-        report_error(link, f"{prefix} {err}")
-        return WorkerExit.BAD_INPUT
-    except PeerLostError as err:
-        report_error(link, f"{prefix} error: {err}")
-        return WorkerExit.PEER_LOST
-    except TrainingDiverged as err:
-        report_error(link, f"{prefix} {err}", reason="diverged")
-        return WorkerExit.DIVERGED
-    finally:
-        if link is not None:
-            link.close()
+    with contextlib.ExitStack() as stack:
+        supervised = supervision(topology, stack)
+        try:
+            return run(job, topology, resume_requested(args), supervised)
+        except (DatasetError, CheckpointError) as err:
+            report_error(supervised.telemetry, f"{prefix} {err}")
+            return WorkerExit.BAD_INPUT
+        except PeerLostError as err:
+            report_error(supervised.telemetry, f"{prefix} error: {err}")
+            return WorkerExit.PEER_LOST
+        except TrainingDiverged as err:
+            report_error(supervised.telemetry, f"{prefix} {err}", reason="diverged")
+            return WorkerExit.DIVERGED
 
 
-def report_error(link, message: str, reason: str = "error") -> None:
-    """Prints `message` and sends it to the supervisor; `reason` ('error' or 'diverged') lets it tell them apart."""
+def report_error(telemetry: TelemetrySink, message: str, reason: ErrorReason = "error") -> None:
+    """Prints `message` and reports it; `reason` ('error' or 'diverged') lets the supervisor tell them apart."""
     print(message, file=sys.stderr, flush=True)
-    if link is not None:
-        from alexserve.contract.worker_messages import ErrorEvent
-
-        link.send(ErrorEvent(job_id=link.job_id, rank=link.rank, message=message, reason=reason))
+    telemetry.error(message, reason)
 
 
 if __name__ == "__main__":

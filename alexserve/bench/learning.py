@@ -86,7 +86,10 @@ class SvmFigures:
 
 
 def time_to_target(records: list[EpochRecord], target: float) -> tuple[int, float] | None:
-    """(epoch, cumulative epoch_seconds) of the first epoch whose centre-crop val top-1 error is <= target; None if none."""
+    """(epoch, cumulative epoch_seconds) of the first epoch whose centre-crop val top-1 error is <= target.
+
+    None if no epoch reached it.
+    """
     seconds = 0.0
     for record in sorted(records, key=lambda r: r.epoch):
         seconds += record.epoch_seconds
@@ -144,7 +147,8 @@ def user_settings(args: argparse.Namespace, prepared: Path, run_dir: Path) -> li
 # ---- 1. the two-process pair, as a user runs it
 
 def run_pair(settings: list[str], run_dir: Path, target: float) -> TrainerFigures:
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "alexserve.worker"]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               "-m", "alexserve.worker"]
     for setting in settings:
         command += ["--set", setting]
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -153,7 +157,8 @@ def run_pair(settings: list[str], run_dir: Path, target: float) -> TrainerFigure
     began = time.perf_counter()
     with open(log_path, "w") as log:
         # Its own session, so a hung run is ended with torchrun's workers, not just torchrun.
-        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True)
         watchdog = threading.Timer(PAIR_TIMEOUT_SECONDS, os.killpg, (proc.pid, signal.SIGKILL))
         watchdog.start()
         try:
@@ -178,7 +183,10 @@ def run_pair(settings: list[str], run_dir: Path, target: float) -> TrainerFigure
 # ---- 2. the same net in one process
 
 def run_single(settings: list[str], run_dir: Path, target: float, threads: int) -> tuple[TrainerFigures, list[str]]:
-    """The grouped model trained like the towers (train/loop.py) on `threads` threads; also returns the job's departures."""
+    """The grouped model trained like the towers (train/loop.py) on `threads` threads.
+
+    Also returns the job's departures from the paper.
+    """
     from alexserve.train.recipe import resolve_job
 
     began = time.perf_counter()
@@ -233,7 +241,8 @@ def train_grouped(job: JobConfig, log) -> list[EpochRecord]:
                 result = grouped_train_step(model, optimizer, images, labels, dropout_seed(cfg.seed, 0, global_step))
                 global_step += 1
                 if not math.isfinite(result.loss):
-                    raise SystemExit(f"single process: the loss is {result.loss} at step {global_step}; the run diverged")
+                    raise SystemExit(f"single process: the loss is {result.loss} at step {global_step}; "
+                                     "the run diverged")
                 loss_sum += result.loss * result.images
                 errors += result.top1_errors
                 images_seen += result.images
@@ -251,7 +260,8 @@ def train_grouped(job: JobConfig, log) -> list[EpochRecord]:
                 epoch=epoch + 1, step=global_step, train_loss=loss_sum / max(images_seen, 1),
                 train_top1_error=errors / max(images_seen, 1),
                 val_top1_error=results["center"].top1_error, val_top5_error=results["center"].top5_error,
-                val_top1_error_10crop=ten.top1_error if ten else None, val_top5_error_10crop=ten.top5_error if ten else None,
+                val_top1_error_10crop=ten.top1_error if ten else None,
+                val_top5_error_10crop=ten.top5_error if ten else None,
                 lr=lr_used, epoch_seconds=time.perf_counter() - started,
                 near_chance=near_chance(results["center"].top1_error, job.model.classes),
             ))
@@ -266,7 +276,8 @@ def train_grouped(job: JobConfig, log) -> list[EpochRecord]:
 
 # ---- 3. a classical baseline
 
-def svm_error(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y: np.ndarray) -> tuple[float, float, float]:
+def svm_error(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray,
+              val_y: np.ndarray) -> tuple[float, float, float]:
     """(top-1 error, fit seconds, predict seconds) of StandardScaler + RBF SVC with scikit-learn's defaults."""
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -323,7 +334,8 @@ def ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
 
-def report(pair: TrainerFigures, single: TrainerFigures, svms: list[SvmFigures], target: float) -> dict[str, float | None]:
+def report(pair: TrainerFigures, single: TrainerFigures, svms: list[SvmFigures],
+           target: float) -> dict[str, float | None]:
     """Prints the table; returns the ratios pair / single."""
     def cell(value: float | None, fmt: str) -> str:
         return format(value, fmt) if value is not None else "never"
@@ -332,10 +344,11 @@ def report(pair: TrainerFigures, single: TrainerFigures, svms: list[SvmFigures],
           f"{'best err':>10}{'train+val s':>13}{'wall s':>9}")
     for t in (pair, single):
         ten = f"{t.final_top1_error_10crop:.4f}" if t.final_top1_error_10crop is not None else "-"
-        print(f"{t.name:<18}{cell(t.seconds_to_target, '.1f'):>9}{cell(t.target_epoch, 'd'):>7}{t.final_top1_error:>11.4f}"
-              f"{ten:>9}{t.best_top1_error:>10.4f}{t.train_eval_seconds:>13.1f}{t.wall_seconds:>9.1f}")
+        print(f"{t.name:<18}{cell(t.seconds_to_target, '.1f'):>9}{cell(t.target_epoch, 'd'):>7}"
+              f"{t.final_top1_error:>11.4f}{ten:>9}{t.best_top1_error:>10.4f}{t.train_eval_seconds:>13.1f}{t.wall_seconds:>9.1f}")
     for s in svms:
-        print(f"{s.name:<34}{s.top1_error:>11.4f}   fit {s.fit_seconds:.2f} s, predict {s.predict_seconds:.2f} s, on {s.features}")
+        print(f"{s.name:<34}{s.top1_error:>11.4f}   fit {s.fit_seconds:.2f} s, "
+              f"predict {s.predict_seconds:.2f} s, on {s.features}")
     for t in (pair, single):
         print(f"{t.name} val top-1 error per epoch: {' '.join(f'{e:.3f}' for e in t.errors_per_epoch)}")
     ratios = {
@@ -346,8 +359,9 @@ def report(pair: TrainerFigures, single: TrainerFigures, svms: list[SvmFigures],
                                               single.train_eval_seconds / single.epochs_run),
     }
     shown = {k: (f"{v:.2f}x" if v is not None else "n/a (not reached by both)") for k, v in ratios.items()}
-    print(f"pair / single: time to {target:.0%} {shown['time_to_target']}, training+validation {shown['train_eval_seconds']} "
-          f"({shown['train_eval_seconds_per_epoch']} per epoch), wall {shown['wall_seconds']}")
+    print(f"pair / single: time to {target:.0%} {shown['time_to_target']}, "
+          f"training+validation {shown['train_eval_seconds']} ({shown['train_eval_seconds_per_epoch']} per epoch), "
+          f"wall {shown['wall_seconds']}")
     return ratios
 
 
@@ -356,13 +370,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--width", type=float, default=0.25, help="model.width (default 0.25)")
     parser.add_argument("--epochs", type=int, default=12, help="train.num_epochs (default 12)")
-    parser.add_argument("--input-size", type=int, default=64, help="model.input_size; the digits are prepared at 256:224 of it (default 64)")
+    parser.add_argument("--input-size", type=int, default=64,
+                        help="model.input_size; the digits are prepared at 256:224 of it (default 64)")
     parser.add_argument("--batch-size", type=int, default=64, help="train.batch_size (default 64)")
     parser.add_argument("--target", type=float, default=0.03, help="validation top-1 error to time (default 0.03)")
     parser.add_argument("--single-threads", type=int, help="torch threads of the single process (default: every core)")
     parser.add_argument("--run-dir", type=Path, default=Path("runs/bench-learning"),
                         help="the runs go to RUN_DIR/pair and RUN_DIR/single, replaced (default runs/bench-learning)")
-    parser.add_argument("--out", type=Path, help="figures, configuration and machine as JSON (default RUN_DIR/learning.json)")
+    parser.add_argument("--out", type=Path,
+                        help="figures, configuration and machine as JSON (default RUN_DIR/learning.json)")
     args = parser.parse_args(argv)
     if args.epochs < 1 or args.batch_size < 1 or not 0.0 < args.target < 1.0:
         parser.error("--epochs and --batch-size must be >= 1 and --target between 0 and 1")
@@ -385,11 +401,14 @@ def main(argv: list[str] | None = None) -> int:
         num_val = sum(1 for _ in (prepared / "val").rglob("*.JPEG"))
         svms = [svm_on_originals(), svm_on_prepared(prepared, args.input_size)]
         pair = run_pair(user_settings(args, prepared, args.run_dir / "pair"), args.run_dir / "pair", args.target)
-        single, departures = run_single(user_settings(args, prepared, args.run_dir / "single"), args.run_dir / "single", args.target,
+        single_dir = args.run_dir / "single"
+        single, departures = run_single(user_settings(args, prepared, single_dir), single_dir, args.target,
                                         single_threads)
-    print(f"digits: {num_train} training, {num_val} validation images, 10 classes, prepared at {paper_scale_size(args.input_size)} px; "
+    print(f"digits: {num_train} training, {num_val} validation images, 10 classes, "
+          f"prepared at {paper_scale_size(args.input_size)} px; "
           f"width {args.width}, input {args.input_size}, batch {args.batch_size}, {args.epochs} epochs; "
-          f"{cores} CPU cores (pair: {max(1, cores // 2)} torch threads per rank, single: {single_threads}), torch {torch.__version__}")
+          f"{cores} CPU cores (pair: {max(1, cores // 2)} torch threads per rank, single: {single_threads}), "
+          f"torch {torch.__version__}")
     for line in departures:
         print(f"departure: {line}")
     ratios = report(pair, single, svms, args.target)
@@ -401,8 +420,8 @@ def main(argv: list[str] | None = None) -> int:
         "pair_over_single": ratios,
         "departures": departures,
         "data": {"set": "UCI digits (sklearn.datasets.load_digits)", "train_images": num_train, "val_images": num_val,
-                 "image_size": DIGITS_SIZE, "scale_size": paper_scale_size(args.input_size), "val_fraction": VAL_FRACTION,
-                 "split_seed": SPLIT_SEED},
+                 "image_size": DIGITS_SIZE, "scale_size": paper_scale_size(args.input_size),
+                 "val_fraction": VAL_FRACTION, "split_seed": SPLIT_SEED},
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "user_settings": user_settings(args, Path("PREPARED"), args.run_dir / "pair"),
         "machine": {"cpus": cores, "pair_threads_per_rank": max(1, cores // 2), "single_threads": single_threads,

@@ -27,14 +27,16 @@ from alexserve.train.optimizer import PaperSGD
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m alexserve.bench.pair", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m alexserve.bench.pair", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--width", type=float, default=0.5)
     parser.add_argument("--input-size", type=int, default=224)
     parser.add_argument("--num-classes", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=8, help="timed steps (after 2 warm-up steps)")
     parser.add_argument("--out", type=Path, help="also write the figures as JSON here")
-    parser.add_argument("--rank-worker", type=Path, help=argparse.SUPPRESS)  # internal: run as one rank, write to this file
+    # internal: run as one rank, write to this file
+    parser.add_argument("--rank-worker", type=Path, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
@@ -42,7 +44,8 @@ BATCH_PIXEL_STD = 60.0  # the fixed batch stands for centred 0..255 pixels
 
 
 def model_config(args: argparse.Namespace) -> ModelConfig:
-    return ModelConfig(width=args.width, input_size=args.input_size, num_classes=args.num_classes, pixel_std=BATCH_PIXEL_STD)
+    return ModelConfig(width=args.width, input_size=args.input_size, num_classes=args.num_classes,
+                       pixel_std=BATCH_PIXEL_STD)
 
 
 def fixed_batch(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor]:
@@ -73,38 +76,60 @@ def run_single(args: argparse.Namespace) -> list[float]:
     return timed_steps(lambda: grouped_train_step(model, optimizer, images, labels, None), args.steps)
 
 
+class GradientWaitMeter:
+    """Seconds from the last gradient computed to the optimizer step: the all-reduce not hidden behind backward.
+
+    DDP averages gradients inside `backward()`; whatever is still in flight when the last gradient is ready is
+    waited for before backward returns, which is when the step calls the optimizer.
+    """
+
+    def __init__(self, module: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        self.seconds = 0.0
+        self.last_gradient = None
+        for param in module.parameters():
+            param.register_post_accumulate_grad_hook(self._gradient_ready)
+        optimizer.register_step_pre_hook(self._optimizer_step)
+
+    def _gradient_ready(self, _param: torch.Tensor) -> None:
+        self.last_gradient = time.perf_counter()
+
+    def _optimizer_step(self, *_args) -> None:
+        if self.last_gradient is not None:
+            self.seconds += time.perf_counter() - self.last_gradient
+        self.last_gradient = None
+
+
 def run_rank(args: argparse.Namespace) -> None:
     from alexserve.config import DistConfig
+    from alexserve.parallel.data_parallel import replicate_across_pairs
     from alexserve.parallel.exchange import PeerExchange
     from alexserve.parallel.process_group import process_group
     from alexserve.parallel.topology import topology_from_env
     from alexserve.train.step import tower_train_step
 
-    from alexserve.parallel.data_parallel import GradientAverager, tower_groups
-
     topology = topology_from_env(DistConfig(backend="gloo", device="cpu"))
     torch.set_num_threads(max(1, (os.cpu_count() or 2) // topology.world_size))
     with process_group(topology, timeout_seconds=300):
-        group = tower_groups(topology)
         tower = AlexNetTower(model_config(args), topology.tower)
         tower.reset_parameters(0)
-        averager = GradientAverager(tower, group, topology.num_pairs) if group is not None else None
-        link = PeerExchange(topology.rank, topology.peer, topology.tower)
+        model = replicate_across_pairs(tower, topology, timeout_seconds=300)
+        exchange = PeerExchange(topology.rank, topology.peer, topology.tower)
         optimizer = PaperSGD(tower.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+        wait = GradientWaitMeter(tower, optimizer) if topology.num_pairs > 1 else None
         images, labels = fixed_batch(args)
-        step = lambda: tower_train_step(tower, link, optimizer, images, labels, None, averager)  # noqa: E731
+        step = lambda: tower_train_step(model, exchange, optimizer, images, labels, None)  # noqa: E731
 
         def reset_counters() -> None:
-            link.stats.take()
-            if averager is not None:
-                averager.seconds_waited = 0.0
+            exchange.stats.take()
+            if wait is not None:
+                wait.seconds = 0.0
 
         times = timed_steps(step, args.steps, after_warmup=reset_counters)
-        totals = link.stats.take()
+        totals = exchange.stats.take()
     if topology.rank == 0:
         per_point = {f"{p}/{d}": {"seconds": e.seconds, "bytes": e.bytes} for (p, d), e in totals.items()}
         args.rank_worker.write_text(json.dumps({"times": times, "exchange": per_point,
-                                                "allreduce_wait_seconds": averager.seconds_waited if averager else 0.0}))
+                                                "allreduce_wait_seconds": wait.seconds if wait else 0.0}))
 
 
 def run_pair(args: argparse.Namespace, argv: list[str], world_size: int = 2) -> dict:
@@ -118,9 +143,10 @@ def run_pair(args: argparse.Namespace, argv: list[str], world_size: int = 2) -> 
         result = Path(tmp) / "rank0.json"
         procs = []
         for rank in range(world_size):
-            env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_WORLD_SIZE=str(world_size),
-                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-            procs.append(subprocess.Popen([sys.executable, "-m", "alexserve.bench.pair", *argv, "--rank-worker", str(result)], env=env))
+            env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
+                       LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+            command = [sys.executable, "-m", "alexserve.bench.pair", *argv, "--rank-worker", str(result)]
+            procs.append(subprocess.Popen(command, env=env))
         codes = [p.wait(timeout=3600) for p in procs]
         if any(codes):
             raise SystemExit(f"a pair rank failed: exit codes {codes}")
@@ -159,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         "pair_step_seconds_median": pair_median,
         "pair_over_single": pair_median / single_median,
         "exchange_share_of_pair_step": exchange_share,
-        "exchange_per_point": {k: {"seconds_per_step": v["seconds"] / args.steps, "bytes_per_step": v["bytes"] // args.steps}
+        "exchange_per_point": {k: {"seconds_per_step": v["seconds"] / args.steps,
+                                   "bytes_per_step": v["bytes"] // args.steps}
                                for k, v in sorted(pair["exchange"].items())},
     }
     print(f"single process (grouped, {os.cpu_count()} threads): {single_median * 1e3:.1f} ms/step "
@@ -167,8 +194,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"two-process gloo pair:                 {pair_median * 1e3:.1f} ms/step "
           f"(spread {min(pair['times']) * 1e3:.1f}-{max(pair['times']) * 1e3:.1f})")
     for point, e in figures["exchange_per_point"].items():
-        print(f"  exchange {point:<16} {e['seconds_per_step'] * 1e3:7.2f} ms/step  {e['bytes_per_step'] / 1e6:7.2f} MB/step")
-    print(f"pair / single step time: {figures['pair_over_single']:.2f}x; exchange share of the pair's step: {exchange_share:.1%}")
+        print(f"  exchange {point:<16} {e['seconds_per_step'] * 1e3:7.2f} ms/step  "
+              f"{e['bytes_per_step'] / 1e6:7.2f} MB/step")
+    print(f"pair / single step time: {figures['pair_over_single']:.2f}x; "
+          f"exchange share of the pair's step: {exchange_share:.1%}")
     if args.out:
         args.out.write_text(json.dumps(figures, indent=2))
     return 0

@@ -14,16 +14,22 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from alexserve.checkpoint.store import (
+    CheckpointError,
+    CheckpointRef,
+    CheckpointStore,
+    capture_rng_state,
+    restore_rng_state,
+)
 from alexserve.config import JobConfig
 from alexserve.parallel.exchange import peers_required
 from alexserve.parallel.topology import Topology
-from alexserve.checkpoint.store import CheckpointError, CheckpointRef, CheckpointStore, capture_rng_state, restore_rng_state
 from alexserve.train.schedule import PlateauSchedule
 
 SHARD_NAMES = ("tower0", "tower1")
 # Model fields that change parameter shapes or meaning; anything else (width of a log line...) may differ on resume.
-MODEL_FIELDS_THAT_MUST_MATCH = ("num_classes", "width", "input_size", "conv1_padding", "tower_conv_channels", "conv_kernel_sizes",
-                                "conv1_stride", "tower_fc_neurons", "pool_kernel", "pool_stride",
+MODEL_FIELDS_THAT_MUST_MATCH = ("num_classes", "width", "input_size", "conv1_padding", "tower_conv_channels",
+                                "conv_kernel_sizes", "conv1_stride", "tower_fc_neurons", "pool_kernel", "pool_stride",
                                 # Same shapes, another function: LRN strength and what the input is divided by.
                                 "lrn_alpha_convention", "input_scaling")
 
@@ -49,7 +55,8 @@ class RunCheckpointer:
     def __init__(self, job: JobConfig, topology: Topology, store: CheckpointStore):
         self.job, self.topology, self.store = job, topology, store
 
-    def save(self, tower: torch.nn.Module, optimizer: torch.optim.Optimizer, schedule: PlateauSchedule, position: Position) -> CheckpointRef | None:
+    def save(self, tower: torch.nn.Module, optimizer: torch.optim.Optimizer, schedule: PlateauSchedule,
+             position: Position) -> CheckpointRef | None:
         """Collective: every rank calls it at the same step. Returns the committed ref on rank 0."""
         step = position.global_step
         if self.topology.pair == 0:
@@ -73,7 +80,8 @@ class RunCheckpointer:
                 print(f"resume: skipping damaged checkpoint: {err}", file=sys.stderr, flush=True)
         return None
 
-    def restore(self, tower: torch.nn.Module, optimizer: torch.optim.Optimizer, schedule: PlateauSchedule) -> Position | None:
+    def restore(self, tower: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                schedule: PlateauSchedule) -> Position | None:
         """Collective: loads the checkpoint rank 0 chose into every rank; None when there is none."""
         chosen = torch.tensor([-1], dtype=torch.int64, device=self.topology.device)
         if self.topology.is_primary:
@@ -86,15 +94,16 @@ class RunCheckpointer:
             return None
         ref = next((r for r in self.store.committed() if r.step == step), None)
         if ref is None:
-            raise CheckpointError(f"{self.store.directory}: rank {self.topology.rank} cannot see checkpoint step {step} "
-                                  "that rank 0 chose (is the checkpoint folder shared by all ranks?)")
+            raise CheckpointError(f"{self.store.directory}: rank {self.topology.rank} cannot see checkpoint "
+                                  f"step {step} that rank 0 chose (is the checkpoint folder shared by all ranks?)")
         self.store.check_model_config(ref, self.job.model.model_dump(mode="json"), MODEL_FIELDS_THAT_MUST_MATCH)
         shard = self.store.load(ref, shard_name(self.topology.tower), map_location=self.topology.device)
         try:
             tower.load_state_dict(shard["model"])
             optimizer.load_state_dict(shard["optimizer"])
         except (KeyError, RuntimeError, ValueError) as err:
-            raise CheckpointError(f"{ref.path}: shard {shard_name(self.topology.tower)} does not fit this model: {err}") from None
+            raise CheckpointError(f"{ref.path}: shard {shard_name(self.topology.tower)} "
+                                  f"does not fit this model: {err}") from None
         restore_rng_state(shard["rng"])
         shared = self.store.load_shared(ref)
         schedule.load_state_dict(shared["schedule"])
@@ -113,7 +122,8 @@ class RunCheckpointer:
             images = position.step_in_epoch * saved_pairs
             position.step_in_epoch = images // self.topology.num_pairs
             if self.topology.is_primary:
-                print(f"resume: checkpoint from {saved_pairs} pair(s) mid-epoch, resuming with {self.topology.num_pairs}: "
-                      f"continuing epoch {position.epoch + 1} at step {position.step_in_epoch} (same number of images seen, "
+                print(f"resume: checkpoint from {saved_pairs} pair(s) mid-epoch, resuming with "
+                      f"{self.topology.num_pairs}: continuing epoch {position.epoch + 1} at step "
+                      f"{position.step_in_epoch} (same number of images seen, "
                       "not the same images)", file=sys.stderr, flush=True)
         return position

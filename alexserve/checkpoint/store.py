@@ -67,6 +67,7 @@ from typing import Any, BinaryIO, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
+
 from alexserve.checkpoint.naming import MARKER, parse_step_dir_name, step_dir_name
 from alexserve.durable import fsync_dir, write_through
 
@@ -156,7 +157,8 @@ def check_loadable(payload: Any, where: str = "payload") -> None:
             check_loadable(value, f"{where}[{index}]")
         return
     hint = "convert it with torch.as_tensor(...)" if isinstance(payload, np.ndarray) else (
-        "convert it with float()/int()" if isinstance(payload, np.generic) else "store plain numbers, strings, tensors or containers of them"
+        "convert it with float()/int()" if isinstance(payload, np.generic)
+        else "store plain numbers, strings, tensors or containers of them"
     )
     raise CheckpointError(
         f"{where} is a {kind.__module__}.{kind.__qualname__}, which torch.load(weights_only=True) refuses; {hint}"
@@ -197,13 +199,17 @@ class CheckpointStore:
         check_loadable(payload, where=f"shard {name!r}")
         staging = self.staging_dir(step)
         self._make_dirs(staging)
-        size, digest = _save_torch(staging / f"{name}.pt", {"format_version": FORMAT_VERSION, "step": step, "payload": payload})
+        size, digest = _save_torch(staging / f"{name}.pt",
+                                   {"format_version": FORMAT_VERSION, "step": step, "payload": payload})
         # The sidecar follows the shard, so its presence proves the shard is whole.
         _write_json_atomically(staging / f"{name}.json", {"file": f"{name}.pt", "bytes": size, "sha256": digest})
         return staging / f"{name}.pt"
 
     def _make_dirs(self, staging: Path) -> None:
-        """Creates the store and staging folders, fsyncing the parent of any new store folder so it survives a power loss."""
+        """Creates the store and staging folders.
+
+        The parent of any new store folder is fsynced, so the folder survives a power loss.
+        """
         if not self.directory.exists():
             self.directory.mkdir(parents=True, exist_ok=True)
             fsync_dir(self.directory.parent)
@@ -219,7 +225,8 @@ class CheckpointStore:
         staging = self.staging_dir(step)
         files = {name: self._read_sidecar(staging, name) for name in self.shard_names}
         self._remove_strays(staging)
-        size, digest = _save_torch(staging / f"{SHARED}.pt", {"format_version": FORMAT_VERSION, "step": step, "payload": shared})
+        size, digest = _save_torch(staging / f"{SHARED}.pt",
+                                   {"format_version": FORMAT_VERSION, "step": step, "payload": shared})
         files[SHARED] = {"file": f"{SHARED}.pt", "bytes": size, "sha256": digest}
         size, digest = _write_json_atomically(staging / CONFIG_FILE, config)
         manifest = {
@@ -350,7 +357,8 @@ class CheckpointStore:
         except ValueError as err:
             raise CheckpointError(f"{path}: not valid JSON: {err}") from None
 
-    def check_model_config(self, ref: CheckpointRef, model_cfg: dict[str, Any], fields: Iterable[str] | None = None) -> None:
+    def check_model_config(self, ref: CheckpointRef, model_cfg: dict[str, Any],
+                           fields: Iterable[str] | None = None) -> None:
         """Raises CheckpointError listing every model field (all, or `fields`) that differs from the checkpoint's."""
         path = ref.path / CONFIG_FILE
         saved = self.load_config(ref).get("model")
@@ -361,7 +369,8 @@ class CheckpointStore:
         running = json.loads(json.dumps(model_cfg, default=str))
         names = sorted(set(saved) | set(running)) if fields is None else list(fields)
         diffs = [
-            f"model.{n} is {saved.get(n, '<absent>')!r} in the checkpoint but {running.get(n, '<absent>')!r} in the running config"
+            f"model.{n} is {saved.get(n, '<absent>')!r} in the checkpoint "
+            f"but {running.get(n, '<absent>')!r} in the running config"
             for n in names
             if saved.get(n, "<absent>") != running.get(n, "<absent>")
         ]
@@ -372,7 +381,8 @@ class CheckpointStore:
         marker = ref.path / MARKER
         manifest = ref.manifest
         if manifest.get("format_version") != FORMAT_VERSION:
-            raise CheckpointError(f"{marker}: format version {manifest.get('format_version')!r}, this code reads {FORMAT_VERSION}")
+            raise CheckpointError(f"{marker}: format version {manifest.get('format_version')!r}, "
+                                  f"this code reads {FORMAT_VERSION}")
         try:
             if name == SHARED:
                 return _parse_file_entry(manifest["shared"])
@@ -398,7 +408,8 @@ class CheckpointStore:
         except OSError as err:
             raise CheckpointError(f"{path}: cannot read: {err.strerror}") from None
         if len(data) != entry["bytes"]:
-            raise CheckpointError(f"{path}: truncated or altered: {len(data)} bytes, the manifest recorded {entry['bytes']}")
+            raise CheckpointError(f"{path}: truncated or altered: {len(data)} bytes, "
+                                  f"the manifest recorded {entry['bytes']}")
         if hashlib.sha256(data).hexdigest() != entry["sha256"]:
             raise CheckpointError(f"{path}: corrupt: SHA-256 differs from the one the manifest recorded")
         return data

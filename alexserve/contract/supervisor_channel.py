@@ -8,14 +8,18 @@ A worker started by `alexserve supervisor` finds these in its environment:
                             says Hello, then receives the job's commands)
     ALEXSERVE_TOKEN         the supervisor's token, when it has one (sent in the Hello)
 
-Use in the worker (global rank 0 polls; the decision is then shared with every
-rank so both towers pause/stop/checkpoint at the same step):
+Its calls (global rank 0 polls; train/control.py then shares the decision with
+every rank so both towers pause/stop/checkpoint at the same step):
 
-    link = SupervisorChannel.from_env(rank)          # None when not started by a supervisor
-    if link: link.send(StepReport(job_id=link.job_id, rank=rank, ...))
-    command = link.poll_command() if link and rank == 0 else None
+    channel = SupervisorChannel.from_env(rank)       # None when not started by a supervisor
+    channel.send(StepReport(job_id=channel.job_id, rank=rank, ...))
+    command = channel.poll_command()                 # rank 0 only; None on the others
     ...
-    if link: link.close()
+    channel.close()
+
+The trainer never calls it directly: worker.py plugs `telemetry.SupervisorTelemetry(channel, ...)`
+and the channel (a `telemetry.CommandSource`) into the trainer, or the do-nothing
+defaults when `from_env` finds no supervisor.
 
 `send` never blocks: the socket queues at most `SEND_QUEUE_MESSAGES` messages
 (ZeroMQ's high-water mark) and a message that does not fit is dropped and
@@ -31,15 +35,14 @@ import zmq
 
 from alexserve.contract.names import ENV_CONTROL_ADDR, ENV_JOB_ID, ENV_REPORT_ADDR, ENV_TOKEN
 from alexserve.contract.worker_messages import (
-    Command,
     MAX_COMMAND_BYTES,
     MAX_REPORT_BYTES,
+    Command,
     Hello,
     Message,
     MessageError,
     parse_command,
 )
-
 
 SEND_QUEUE_MESSAGES = 1000
 CLOSE_FLUSH_SECONDS = 1.0  # how long close() may wait to deliver the last reports (the final StateEvent)
@@ -47,7 +50,8 @@ CLOSE_FLUSH_SECONDS = 1.0  # how long close() may wait to deliver the last repor
 class SupervisorChannel:
     """PUSH socket for reports (every rank) and, on global rank 0, a DEALER socket for commands."""
 
-    def __init__(self, job_id: str, rank: int, report_addr: str, control_addr: str | None, token: str | None = None) -> None:
+    def __init__(self, job_id: str, rank: int, report_addr: str, control_addr: str | None,
+                 token: str | None = None) -> None:
         self.job_id, self.rank = job_id, rank
         self.dropped = 0
         # A private context: the training process may use ZeroMQ elsewhere, and term() here must not wait on it.
@@ -69,12 +73,13 @@ class SupervisorChannel:
 
     @classmethod
     def from_env(cls, rank: int) -> "SupervisorChannel | None":
-        """The link described by the environment, or None when the worker was not started by a supervisor."""
+        """The channel described by the environment, or None when the worker was not started by a supervisor."""
         job_id = os.environ.get(ENV_JOB_ID)
         report_addr = os.environ.get(ENV_REPORT_ADDR)
         if not job_id or not report_addr:
             return None
-        return cls(job_id, rank, report_addr, os.environ.get(ENV_CONTROL_ADDR) or None, os.environ.get(ENV_TOKEN) or None)
+        control_addr, token = os.environ.get(ENV_CONTROL_ADDR) or None, os.environ.get(ENV_TOKEN) or None
+        return cls(job_id, rank, report_addr, control_addr, token)
 
     def _send_on(self, socket: zmq.Socket, data: bytes) -> bool:
         try:

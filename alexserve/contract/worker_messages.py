@@ -33,7 +33,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal, Union, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
@@ -46,7 +46,9 @@ MAX_REPORT_BYTES = 64 * 1024
 MAX_COMMAND_BYTES = 4 * 1024
 MAX_STEP_SECONDS = 1024  # step durations per StepReport (the worker keeps the newest)
 
-WORKER_STATES = ("running", "paused", "stopped", "completed")
+WorkerState = Literal["running", "paused", "stopped", "completed"]
+WORKER_STATES = get_args(WorkerState)
+ErrorReason = Literal["error", "diverged"]
 MAX_RANKS = 64  # ranks of one job; keeps `rank` label values bounded
 
 JobId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
@@ -94,11 +96,15 @@ class StepReport(Message):
     steps: int = Field(ge=0, le=1_000_000, description="Optimizer steps in this interval.")
     loss: float = Field(allow_inf_nan=True, description="Mean training loss over the interval (NaN if it diverged).")
     learning_rate: float = Field(ge=0.0, allow_inf_nan=False)
-    images: Count = Field(description="Images this rank trained on in the interval (a pair's two towers see the same images).")
-    step_seconds: list[Seconds] = Field(default_factory=list, max_length=MAX_STEP_SECONDS, description="Duration of each step of the interval.")
+    images: Count = Field(
+        description="Images this rank trained on in the interval (a pair's two towers see the same images).")
+    step_seconds: list[Seconds] = Field(default_factory=list, max_length=MAX_STEP_SECONDS,
+                                        description="Duration of each step of the interval.")
     data_wait_seconds: Seconds = Field(0.0, description="Time spent waiting for input batches in the interval.")
-    exchange: list[ExchangeTiming] = Field(default_factory=list, max_length=len(TIMED_EXCHANGE_POINTS) * len(EXCHANGE_DIRECTIONS) * 4)
-    device_memory_bytes: Count = Field(0, description="Device (CUDA) memory allocated, or the process's resident memory on CPU.")
+    exchange: list[ExchangeTiming] = Field(default_factory=list,
+                                           max_length=len(TIMED_EXCHANGE_POINTS) * len(EXCHANGE_DIRECTIONS) * 4)
+    device_memory_bytes: Count = Field(
+        0, description="Device (CUDA) memory allocated, or the process's resident memory on CPU.")
 
 
 class EvalReport(Message):
@@ -122,7 +128,8 @@ class CheckpointEvent(Message):
     job_id: JobId
     rank: Rank = 0
     step: Count
-    timestamp: float = Field(default_factory=time.time, gt=0.0, allow_inf_nan=False, description="Unix time of the commit.")
+    timestamp: float = Field(default_factory=time.time, gt=0.0, allow_inf_nan=False,
+                             description="Unix time of the commit.")
 
 
 class StateEvent(Message):
@@ -131,7 +138,7 @@ class StateEvent(Message):
     kind: Literal["state"] = "state"
     job_id: JobId
     rank: Rank = 0
-    state: Literal["running", "paused", "stopped", "completed"]
+    state: WorkerState
     step: Count
 
 
@@ -142,7 +149,7 @@ class ErrorEvent(Message):
     job_id: JobId
     rank: Rank = 0
     message: str = Field(max_length=4000)
-    reason: Literal["error", "diverged"] = Field(
+    reason: ErrorReason = Field(
         "error", description="'diverged': the loss diverged; a relaunch would diverge again, "
         "so the supervisor fails the job without one.")
 
@@ -162,7 +169,8 @@ class Hello(Message):
     token: str | None = Field(None, max_length=512)
 
 
-Report = Annotated[Union[StepReport, EvalReport, CheckpointEvent, StateEvent, ErrorEvent, Hello], Field(discriminator="kind")]
+Report = Annotated[Union[StepReport, EvalReport, CheckpointEvent, StateEvent, ErrorEvent, Hello],
+                   Field(discriminator="kind")]
 
 # ---------------------------------------------------------------- supervisor -> worker rank 0
 

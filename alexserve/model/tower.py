@@ -16,10 +16,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from alexserve.config import ModelConfig
+from alexserve.contract.names import TOWER_EXCHANGE_POINTS
 from alexserve.model.dropout import shared_dropout
 from alexserve.model.init import init_tower_
 from alexserve.model.lrn import PaperLRN
 
+# Where the towers meet, in network order: before conv3, fc6, fc7 and fc8.
+AT_CONV3, AT_FC6, AT_FC7, AT_FC8 = TOWER_EXCHANGE_POINTS
 
 
 class Exchange(Protocol):
@@ -64,10 +67,10 @@ class AlexNetTower(nn.Module):
         """
         h = self.pool(self.lrn(F.relu(self.conv1(images / self.input_divisor))))
         h = self.pool(self.lrn(F.relu(self.conv2(h))))
-        h = F.relu(self.conv3(exchange("conv3", h)))
+        h = F.relu(self.conv3(exchange(AT_CONV3, h)))
         h = F.relu(self.conv4(h))
         h = self.pool(F.relu(self.conv5(h)))
         h = torch.flatten(h, 1)
-        h = self._dropout(F.relu(self.fc6(exchange("fc6", h))), "fc6", dropout_seed)
-        h = self._dropout(F.relu(self.fc7(exchange("fc7", h))), "fc7", dropout_seed)
-        return self.fc8(exchange("fc8", h))
+        h = self._dropout(F.relu(self.fc6(exchange(AT_FC6, h))), "fc6", dropout_seed)
+        h = self._dropout(F.relu(self.fc7(exchange(AT_FC7, h))), "fc7", dropout_seed)
+        return self.fc8(exchange(AT_FC8, h))

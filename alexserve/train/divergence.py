@@ -33,10 +33,10 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from alexserve.checkpoint.store import CheckpointStore
 from alexserve.config import JobConfig
 from alexserve.parallel.exchange import peers_required
 from alexserve.parallel.topology import Topology
-from alexserve.checkpoint.store import CheckpointStore
 
 
 class TrainingDiverged(Exception):

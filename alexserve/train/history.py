@@ -24,7 +24,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from alexserve.durable import fsync_dir, write_atomically
+
+from alexserve.durable import fsync_dir, write_atomically, write_through
 
 HISTORY_FILE = "history.jsonl"
 PLOT_FILE = "history.png"
@@ -147,7 +148,10 @@ def _parse_line(path: Path, number: int, raw: bytes) -> EpochRecord:
 
 
 def read_history(run_dir: Path) -> list[EpochRecord]:
-    """One record per epoch, in epoch order; where an epoch appears twice (a resumed run redid it), the later line wins."""
+    """One record per epoch, in epoch order.
+
+    Where an epoch appears twice (a resumed run redid it), the later line wins.
+    """
     by_epoch: dict[int, EpochRecord] = {}
     for record in _read_records(Path(run_dir) / HISTORY_FILE):
         by_epoch[record.epoch] = record
@@ -205,10 +209,5 @@ def plot(run_dir: Path) -> Path | None:
         return None
     fig = _draw(records)
     out = run_dir / PLOT_FILE
-    tmp = run_dir / f".{PLOT_FILE}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        fig.savefig(f, format="png")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, out)
+    write_through(out, lambda f: fig.savefig(f, format="png"))
     return out

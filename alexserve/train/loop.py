@@ -4,7 +4,8 @@ Both towers of a pair run this same loop in lockstep: every forward and
 backward meets the peer at the exchange points, so the ranks agree on the step
 without extra messages. Per epoch: train, evaluate (centre crop, ten crops),
 let the plateau schedule set the learning rate, append the history and redraw
-its plot, checkpoint. Supervisor commands are taken between steps (control.py).
+its plot, checkpoint. Supervisor commands are taken between steps (control.py); reports go to a
+telemetry sink (contract/telemetry.py) that may be the do-nothing one.
 A step whose loss diverged ends training right there, before anything is logged
 or checkpointed after it, by raising `TrainingDiverged` (divergence.py).
 """
@@ -16,14 +17,17 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+import torch
 
+from alexserve.checkpoint.run_checkpointer import Position, RunCheckpointer
 from alexserve.config import JobConfig
+from alexserve.contract.telemetry import CommandSource, NoCommands, NullTelemetry, TelemetrySink, WorkerState
 from alexserve.data.source import EvalSource, TrainSource
 from alexserve.model import AlexNetTower
 from alexserve.model.dropout import dropout_seed
+from alexserve.parallel.data_parallel import tower_of
 from alexserve.parallel.exchange import PeerExchange
 from alexserve.parallel.topology import Topology
-from alexserve.checkpoint.run_checkpointer import Position, RunCheckpointer
 from alexserve.train.control import Action, CommandSync
 from alexserve.train.divergence import (
     DivergenceGuard,
@@ -38,7 +42,7 @@ from alexserve.train.evaluation import EvalResult, evaluate
 from alexserve.train.history import EpochRecord, History, plot
 from alexserve.train.optimizer import PaperSGD
 from alexserve.train.progress import IntervalMeter
-from alexserve.train.reporting import Reporter
+from alexserve.train.reporting import eval_summary, interval_summary
 from alexserve.train.schedule import PlateauSchedule, warmup_steps
 from alexserve.train.step import tower_forward_logits, tower_train_step
 
@@ -50,42 +54,65 @@ class TrainOutcome:
     final_eval: dict[str, EvalResult] = field(default_factory=dict)
 
 
+def print_to_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+@dataclass
+class Learner:
+    """What learns: the tower, how it meets its peer, how it updates."""
+
+    # The module training calls: the tower, or (several pairs) the tower in DDP across the pairs
+    # (parallel/data_parallel.py: replicate_across_pairs).
+    model: torch.nn.Module
+    exchange: PeerExchange
+    optimizer: PaperSGD
+    schedule: PlateauSchedule
+
+    @property
+    def tower(self) -> AlexNetTower:
+        """The tower itself: what is checkpointed and evaluated."""
+        return tower_of(self.model)
+
+
+@dataclass
+class TrainerIO:
+    """What the trainer reads, where it writes, and who may steer it."""
+
+    train_source: TrainSource
+    eval_source: EvalSource
+    checkpointer: RunCheckpointer
+    history: History | None = None  # global rank 0 only: the other ranks must not open it
+    telemetry: TelemetrySink = field(default_factory=NullTelemetry)
+    commands: CommandSource = field(default_factory=NoCommands)  # polled by global rank 0, shared with all
+    log: Callable[[str], None] = print_to_stderr  # progress lines (global rank 0)
+
+
 class TowerTrainer:
-    def __init__(
-        self,
-        job: JobConfig,
-        topology: Topology,
-        tower: AlexNetTower,
-        exchange: PeerExchange,
-        optimizer: PaperSGD,
-        schedule: PlateauSchedule,
-        train_source: TrainSource,
-        eval_source: EvalSource,
-        checkpointer: RunCheckpointer,
-        commands: CommandSync,
-        reporter: Reporter,
-        history: History | None = None,
-        position: Position | None = None,
-        log: Callable[[str], None] | None = None,
-        averager=None,
-    ):
-        self.job, self.topology, self.tower, self.exchange = job, topology, tower, exchange
-        self.optimizer, self.schedule = optimizer, schedule
-        self.train_source, self.eval_source = train_source, eval_source
-        self.checkpointer, self.commands, self.reporter, self.history = checkpointer, commands, reporter, history
+    def __init__(self, job: JobConfig, topology: Topology, learner: Learner, io: TrainerIO,
+                 position: Position | None = None):
+        self.job, self.topology = job, topology
+        self.model, self.tower, self.exchange = learner.model, learner.tower, learner.exchange
+        self.optimizer, self.schedule = learner.optimizer, learner.schedule
+        self.train_source, self.eval_source = io.train_source, io.eval_source
+        self.checkpointer, self.history, self.telemetry, self.log = io.checkpointer, io.history, io.telemetry, io.log
+        self.commands = CommandSync(topology.is_primary, topology.device, io.commands)
         self.position = position or Position()
-        self.averager = averager  # data_parallel.GradientAverager with several pairs, else None
-        self.log = log or (lambda line: print(line, file=sys.stderr, flush=True))
         self.last_eval: dict[str, EvalResult] = {}
         self.guard = DivergenceGuard(job.model.classes, job.train.divergence_loss_factor)
-        self.warmup_steps = warmup_steps(job.warmup_epochs_used, train_source.steps_per_epoch)
-        self.optimizer.set_lr(schedule.lr)
+        self.warmup_steps = warmup_steps(job.warmup_epochs_used, self.train_source.steps_per_epoch)
+        self.optimizer.set_lr(self.schedule.lr)
 
     # ---- small pieces
 
     def say(self, line: str) -> None:
         if self.topology.is_primary:
             self.log(line)
+
+    def report_state(self, state: WorkerState) -> None:
+        """The group's state, reported once (global rank 0; every rank is at the same step)."""
+        if self.topology.is_primary:
+            self.telemetry.state(state, self.position.global_step)
 
     @property
     def learning_rate(self) -> float:
@@ -98,17 +125,17 @@ class TowerTrainer:
             raise self.diverged(problem)
 
     def diverged(self, problem: str) -> TrainingDiverged:
-        return TrainingDiverged(diverged_message(problem, self.position.global_step, self.learning_rate, self.schedule.lr,
-                                                 self.job, self.checkpointer.store))
+        return TrainingDiverged(diverged_message(problem, self.position.global_step, self.learning_rate,
+                                                 self.schedule.lr, self.job, self.checkpointer.store))
 
     def checkpoint(self, why: str) -> None:
         # A finite loss was computed before the step's update: the weights it left may still be NaN or inf.
         if not weights_finite(self.tower, self.topology):
             raise self.diverged("the weights are no longer finite (the last update blew them up)")
         ref = self.checkpointer.save(self.tower, self.optimizer, self.schedule, self.position)
-        if ref is not None:
+        if ref is not None:  # global rank 0, once every shard is committed
             self.say(f"checkpoint ({why}) at step {self.position.global_step}: {ref.path}")
-            self.reporter.checkpoint(self.position.global_step)
+            self.telemetry.checkpoint(self.position.global_step)
 
     def evaluate(self, ten_crop: bool) -> dict[str, EvalResult]:
         self.tower.eval()
@@ -121,8 +148,8 @@ class TowerTrainer:
 
     @staticmethod
     def describe_eval(results: dict[str, EvalResult]) -> str:
-        return " | ".join(f"val {r.mode.replace('_', '-')}: top-1 err {r.top1_error:.3f}, top-5 err {r.top5_error:.3f}"
-                          for r in results.values())
+        return " | ".join(f"val {r.mode.replace('_', '-')}: top-1 err {r.top1_error:.3f}, "
+                          f"top-5 err {r.top5_error:.3f}" for r in results.values())
 
     # ---- commands
 
@@ -131,12 +158,12 @@ class TowerTrainer:
         action = self.commands.next_action()
         if action == Action.PAUSE:
             self.say(f"paused at step {self.position.global_step}")
-            self.reporter.state("paused", self.position.global_step)
+            self.report_state("paused")
             while (action := self.commands.wait_while_paused()) == Action.CHECKPOINT_NOW:
                 self.checkpoint("requested")
             if action == Action.RESUME:
                 self.say(f"resumed at step {self.position.global_step}")
-                self.reporter.state("running", self.position.global_step)
+                self.report_state("running")
         if action == Action.CHECKPOINT_NOW:
             self.checkpoint("requested")
         return action != Action.STOP
@@ -158,7 +185,7 @@ class TowerTrainer:
                 return "stopped"
             seed = dropout_seed(cfg.seed, self.topology.pair, pos.global_step)
             self.optimizer.set_lr(self.schedule.lr_at_step(pos.global_step, self.warmup_steps))
-            result = tower_train_step(self.tower, self.exchange, self.optimizer, images, labels, seed, self.averager)
+            result = tower_train_step(self.model, self.exchange, self.optimizer, images, labels, seed)
             pos.global_step += 1
             pos.step_in_epoch += 1
             self.check_divergence(result.loss)  # before this step can be logged as fine or checkpointed
@@ -173,7 +200,8 @@ class TowerTrainer:
                 meter.data_wait_seconds = self.train_source.wait_seconds_total - wait_mark
                 meter.exchange_seconds = sum(e.seconds for e in exchanged.values())
                 self.say(meter.line(pos.epoch, cfg.num_epochs, pos.step_in_epoch, steps_per_epoch, self.learning_rate))
-                self.reporter.interval(meter, pos.epoch, pos.global_step, self.learning_rate, exchanged)
+                self.telemetry.interval(interval_summary(meter, pos.epoch, pos.global_step, self.learning_rate,
+                                                         exchanged, self.topology.device))
                 meter = IntervalMeter()
                 wait_mark = self.train_source.wait_seconds_total
             if epoch_done:
@@ -191,7 +219,8 @@ class TowerTrainer:
         ten_crop = (epoch + 1) % self.job.train.ten_crop_every_epochs == 0 or epoch + 1 == self.job.train.num_epochs
         results = self.last_eval = self.evaluate(ten_crop)
         self.say(f"epoch {epoch + 1} done: {self.describe_eval(results)}")
-        self.reporter.evaluation(epoch, pos.global_step, results)
+        if self.topology.is_primary:
+            self.telemetry.evaluation(eval_summary(epoch, pos.global_step, results))
         lr_used, scheduled_lr = self.learning_rate, self.schedule.lr
         self.optimizer.set_lr(self.schedule.step(results["center"].top1_error))
         if self.schedule.lr != scheduled_lr:
@@ -202,7 +231,8 @@ class TowerTrainer:
                 epoch=epoch + 1, step=pos.global_step, train_loss=totals.loss_sum / max(totals.images, 1),
                 train_top1_error=totals.top1_errors / max(totals.images, 1),
                 val_top1_error=results["center"].top1_error, val_top5_error=results["center"].top5_error,
-                val_top1_error_10crop=ten.top1_error if ten else None, val_top5_error_10crop=ten.top5_error if ten else None,
+                val_top1_error_10crop=ten.top1_error if ten else None,
+                val_top5_error_10crop=ten.top5_error if ten else None,
                 lr=lr_used, epoch_seconds=totals.elapsed,
                 near_chance=near_chance(results["center"].top1_error, self.job.model.classes),
             ))
@@ -210,20 +240,22 @@ class TowerTrainer:
         pos.epoch, pos.step_in_epoch = epoch + 1, 0
         self.checkpoint("epoch end")
         if self.schedule.should_stop:
-            self.say(f"the learning rate was reduced {self.job.optim.max_lr_reductions} times and stopped improving: done")
+            self.say(f"the learning rate was reduced {self.job.optim.max_lr_reductions} times "
+                     "and stopped improving: done")
             return False
         return True
 
     def train(self) -> TrainOutcome:
         cfg, pos = self.job.train, self.position
         self.say(f"training: {self.topology.describe()}; {self.train_source.steps_per_epoch} steps/epoch of "
-                 f"{cfg.batch_size} images; from epoch {pos.epoch + 1} step {pos.step_in_epoch} (global step {pos.global_step})")
-        self.reporter.state("running", pos.global_step)
+                 f"{cfg.batch_size} images; from epoch {pos.epoch + 1} step {pos.step_in_epoch} "
+                 f"(global step {pos.global_step})")
+        self.report_state("running")
         while pos.epoch < cfg.num_epochs and (cfg.max_steps is None or pos.global_step < cfg.max_steps):
             ended = self.train_epoch()
             if ended == "stopped":
                 self.checkpoint("stop requested")
-                self.reporter.state("stopped", pos.global_step)
+                self.report_state("stopped")
                 self.say(f"stopped at step {pos.global_step}")
                 return TrainOutcome("stopped", pos, self.last_eval)
             if ended == "max_steps":
@@ -238,5 +270,5 @@ class TowerTrainer:
         if near_chance(top1, self.job.model.classes):  # "completed" alone would hide a net that never learned
             final += f" | {chance_warning(top1, self.job.model.classes, self.job.model.paper_sized)}"
         self.say(final)
-        self.reporter.state("completed", pos.global_step)
+        self.report_state("completed")
         return TrainOutcome("completed", pos, self.last_eval)

@@ -45,11 +45,15 @@ def _measured_from_generator(job: JobConfig) -> dict[str, dict]:
     sized = job.model_copy(update={"data": job.data.model_copy(update={"scale_size": scale}),
                                    "model": job.model.model_copy(update={"num_classes": num_classes})})
     images, _ = generate_images(sized, GENERATED_STD_SAMPLE, split_seed=1)
-    return {"model": {"num_classes": num_classes, "pixel_std": float(images.double().std())}, "data": {"scale_size": scale}}
+    return {"model": {"num_classes": num_classes, "pixel_std": float(images.double().std())},
+            "data": {"scale_size": scale}}
 
 
 def with_measurements(job: JobConfig) -> JobConfig:
-    """The job with num_classes, scale_size and pixel_std taken from its data (fields set by hand are checked, not replaced)."""
+    """The job with num_classes, scale_size and pixel_std taken from its data.
+
+    Fields set by hand are checked, not replaced.
+    """
     measured = _measured_from_folder(job) if job.data.source == "folder" else _measured_from_generator(job)
     tree = job.model_dump(mode="json")
     for section, values in measured.items():
@@ -72,7 +76,8 @@ def departures(job: JobConfig) -> list[str]:
         lines.append(f"input: centred pixels divided by the training set's pixel std ({model.pixel_std:.1f}), "
                      f"instead of the paper's raw 0..255 values{why}")
     if job.warmup_epochs_used > 0:
-        lines.append(f"learning rate: linear warmup over {job.warmup_epochs_used:g} epoch(s) to {job.optim.learning_rate:g}{why}")
+        lines.append(f"learning rate: linear warmup over {job.warmup_epochs_used:g} epoch(s) "
+                     f"to {job.optim.learning_rate:g}{why}")
     if model.lrn_alpha_convention == "printed":
         lines.append("LRN: the paper's printed alpha (not divided by n), five times stronger than the authors' code")
     return lines

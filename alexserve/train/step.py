@@ -7,7 +7,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from alexserve.model import AlexNetGrouped, AlexNetTower
+from alexserve.model import AlexNetGrouped
+from alexserve.parallel.data_parallel import gradient_sync_failures, tower_of
 from alexserve.parallel.exchange import PeerExchange
 
 
@@ -29,28 +30,31 @@ def summarize(loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) ->
     return StepResult(float(loss), topk_errors(logits, labels, 1), topk_errors(logits, labels, 5), len(labels))
 
 
-def tower_forward_logits(tower: AlexNetTower, link: PeerExchange, images: torch.Tensor, dropout_seed: int | None) -> torch.Tensor:
-    """All classes' logits as seen by this tower (identical on both ranks)."""
-    own = tower(images, link, dropout_seed)
-    return link.full_logits(own, tower.cfg.classes_per_tower[1 - tower.tower])
+def tower_forward_logits(model: torch.nn.Module, exchange: PeerExchange, images: torch.Tensor,
+                         dropout_seed: int | None) -> torch.Tensor:
+    """All classes' logits as seen by this tower (identical on both ranks).
+
+    `model` is an `AlexNetTower`, or one in DDP across pairs (parallel/data_parallel.py).
+    """
+    own = model(images, exchange, dropout_seed)
+    tower = tower_of(model)
+    return exchange.full_logits(own, tower.cfg.classes_per_tower[1 - tower.tower])
 
 
 def tower_train_step(
-    tower: AlexNetTower,
-    link: PeerExchange,
+    model: torch.nn.Module,
+    exchange: PeerExchange,
     optimizer: torch.optim.Optimizer,
     images: torch.Tensor,
     labels: torch.Tensor,
     dropout_seed: int | None,
-    averager=None,
 ) -> StepResult:
-    """`averager` (a data_parallel.GradientAverager, with several pairs) averages gradients across pairs."""
+    """One step of one tower. With several pairs `model` is the tower in DDP, and backward averages the gradients."""
     optimizer.zero_grad(set_to_none=True)
-    logits = tower_forward_logits(tower, link, images, dropout_seed)
-    loss = F.cross_entropy(logits, labels)
-    loss.backward()
-    if averager is not None:
-        averager.wait()
+    with gradient_sync_failures(model, exchange.rank):
+        logits = tower_forward_logits(model, exchange, images, dropout_seed)
+        loss = F.cross_entropy(logits, labels)
+        loss.backward()
     optimizer.step()
     return summarize(loss.detach(), logits.detach(), labels)
 
