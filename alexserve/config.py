@@ -66,25 +66,41 @@ class ModelConfig(StrictModel):
     """The network of the paper's figure 2, split into two towers."""
 
     num_classes: int | None = Field(
-        None, ge=2, le=MAX_CLASSES, description="Classes of the softmax (fc8 outputs, split across the towers); None: the prepared "
-        f"tree's classes.json (generated data: 10). At most {MAX_CLASSES:,} (ImageNet-21k has 21,841)."
+        None,
+        ge=2,
+        le=MAX_CLASSES,
+        description="Classes of the softmax (fc8 outputs, split across the towers); None: the prepared "
+        f"tree's classes.json (generated data: 10). At most {MAX_CLASSES:,} (ImageNet-21k has 21,841).",
     )
-    width: float = Field(1.0, gt=0.0, le=4.0, description="Multiplier on every layer's kernel and neuron count; 1.0 is the paper.")
+    width: float = Field(
+        1.0, gt=0.0, le=4.0, description="Multiplier on every layer's kernel and neuron count; 1.0 is the paper."
+    )
     input_size: int = Field(
-        224, ge=1, le=MAX_INPUT_SIZE,
-        description=f"Side of the square input crop (224 in the paper; 227 with conv1_padding 0 is Caffe's choice); at most {MAX_INPUT_SIZE}.",
+        224,
+        ge=1,
+        le=MAX_INPUT_SIZE,
+        description="Side of the square input crop (224 in the paper; 227 with conv1_padding 0 is Caffe's choice); at "
+        f"most {MAX_INPUT_SIZE}.",
     )
-    conv1_padding: int = Field(2, ge=0, le=5, description="Zero padding of conv1; 2 makes a 224 input give 55x55 like the paper's 227-equivalent.")
+    conv1_padding: int = Field(
+        2,
+        ge=0,
+        le=5,
+        description="Zero padding of conv1; 2 makes a 224 input give 55x55 like the paper's 227-equivalent.",
+    )
     tower_conv_channels: tuple[ChannelCount, ChannelCount, ChannelCount, ChannelCount, ChannelCount] = Field(
         (48, 128, 192, 192, 128),
-        description=f"Kernels per tower in conv1..conv5 at width 1.0 (paper: 48/128/192/192/128); each at most {MAX_CHANNELS}.",
+        description="Kernels per tower in conv1..conv5 at width 1.0 (paper: 48/128/192/192/128); each at most "
+        f"{MAX_CHANNELS}.",
     )
     conv_kernel_sizes: tuple[KernelSide, KernelSide, KernelSide, KernelSide, KernelSide] = Field(
         (11, 5, 3, 3, 3), description=f"Kernel side of conv1..conv5; each at most {MAX_KERNEL_SIDE}."
     )
     conv1_stride: int = Field(4, ge=1, le=16, description="Stride of conv1 (paper: 4); at most 16.")
     tower_fc_neurons: int = Field(
-        2048, ge=1, le=MAX_FC_NEURONS,
+        2048,
+        ge=1,
+        le=MAX_FC_NEURONS,
         description=f"Neurons per tower in fc6 and fc7 at width 1.0 (paper: 2048); at most {MAX_FC_NEURONS}.",
     )
     pool_kernel: int = Field(3, ge=1, le=15, description="Max-pool window z (paper: 3, overlapping); at most 15.")
@@ -93,7 +109,8 @@ class ModelConfig(StrictModel):
     lrn_alpha: float = Field(1e-4, ge=0.0, description="LRN alpha as printed in the paper (1e-4).")
     lrn_alpha_convention: Literal["authors_code", "printed"] = Field(
         "authors_code",
-        description="'authors_code': k + (alpha/n) * sum a^2, as cuda-convnet (layer.py: scale /= size) and Caffe compute it, "
+        description="'authors_code': k + (alpha/n) * sum a^2, as cuda-convnet (layer.py: scale /= size) and Caffe "
+        "compute it, "
         "the network behind the paper's results; 'printed': k + alpha * sum a^2, the formula as the paper prints it.",
     )
     lrn_beta: float = Field(0.75, ge=0.0, description="LRN beta (paper: 0.75).")
@@ -101,25 +118,35 @@ class ModelConfig(StrictModel):
     dropout: float = Field(0.5, ge=0.0, lt=1.0, description="Dropout probability on fc6 and fc7 outputs (paper: 0.5).")
     init_scheme: Literal["auto", "paper", "he"] = Field(
         "auto",
-        description="'paper': weights ~ N(0, init_weight_std^2). 'he': N(0, 2/fan_in) (fc8: 1/fan_in), a departure for nets "
-        "below the paper's size, where a fixed std 0.01 leaves the signal too small to learn. 'auto': paper at paper size "
+        description="'paper': weights ~ N(0, init_weight_std^2). 'he': N(0, 2/fan_in) (fc8: 1/fan_in), a departure for "
+        "nets "
+        "below the paper's size, where a fixed std 0.01 leaves the signal too small to learn. 'auto': paper at paper "
+        "size "
         "(see `paper_sized`), he below.",
     )
-    init_weight_std: float = Field(0.01, gt=0.0, le=1.0, description="Weights start from N(0, std^2) with init_scheme 'paper' (paper: std 0.01).")
+    init_weight_std: float = Field(
+        0.01, gt=0.0, le=1.0, description="Weights start from N(0, std^2) with init_scheme 'paper' (paper: std 0.01)."
+    )
     init_bias_one_layers: tuple[str, ...] | None = Field(
         None,
-        description="Layers whose biases start at 1; the others start at 0. None: the paper's conv2, conv4, conv5, fc6, fc7 at "
+        description="Layers whose biases start at 1; the others start at 0. None: the paper's conv2, conv4, conv5, "
+        "fc6, fc7 at "
         "paper size, none below (a bias of 1 before a ReLU swamps the small signal of a narrow net).",
     )
     input_scaling: Literal["auto", "raw", "unit"] = Field(
         "auto",
-        description="'raw': conv1 sees the centred 0..255 pixels, as in the paper. 'unit': they are divided by the training "
-        "set's pixel std first (`pixel_std`), so the first layer's scale does not depend on the data's contrast. 'auto': raw "
+        description="'raw': conv1 sees the centred 0..255 pixels, as in the paper. 'unit': they are divided by the "
+        "training "
+        "set's pixel std first (`pixel_std`), so the first layer's scale does not depend on the data's contrast. "
+        "'auto': raw "
         "at paper size, unit below.",
     )
     pixel_std: float | None = Field(
-        None, gt=0.0, le=255.0, description="Std of the centred training pixels (0..255 units), measured from the data at "
-        "start; not set by hand."
+        None,
+        gt=0.0,
+        le=255.0,
+        description="Std of the centred training pixels (0..255 units), measured from the data at "
+        "start; not set by hand.",
     )
 
     @property
@@ -151,13 +178,17 @@ class ModelConfig(StrictModel):
         if self.input_scaling_used == "raw":
             return 1.0
         if self.pixel_std is None:
-            raise ValueError("model.pixel_std is not measured yet: resolve the job against its data first (alexserve.train.recipe)")
+            raise ValueError(
+                "model.pixel_std is not measured yet: resolve the job against its data first (alexserve.train.recipe)"
+            )
         return self.pixel_std
 
     @property
     def classes(self) -> int:
         if self.num_classes is None:
-            raise ValueError("model.num_classes is not set: resolve the job against its data first (alexserve.train.recipe)")
+            raise ValueError(
+                "model.num_classes is not set: resolve the job against its data first (alexserve.train.recipe)"
+            )
         return self.num_classes
 
     @property
@@ -196,12 +227,17 @@ class ModelConfig(StrictModel):
         return 2 * self.conv_channels[4] * self.spatial_sizes()["pool5"] ** 2
 
     @model_validator(mode="after")
-    def _check_shapes(self) -> "ModelConfig":
+    def _check_shapes(self) -> ModelConfig:
         bad = [name for name, s in self.spatial_sizes().items() if s < 1]
         if bad:
-            smallest = next(n for n in range(1, 1024) if min(self.model_copy(update={"input_size": n}).spatial_sizes().values()) >= 1)
+            smallest = next(
+                n
+                for n in range(1, 1024)
+                if min(self.model_copy(update={"input_size": n}).spatial_sizes().values()) >= 1
+            )
             raise ValueError(
-                f"input_size {self.input_size} with conv1_padding {self.conv1_padding} leaves no pixels after {bad[0]}; "
+                f"input_size {self.input_size} with conv1_padding {self.conv1_padding} leaves no pixels after "
+                f"{bad[0]}; "
                 f"use at least {smallest} (224 is the paper's size)"
             )
         if self.lrn_size % 2 == 0:
@@ -217,39 +253,62 @@ class DataConfig(StrictModel):
     """Where images come from and the paper's augmentation."""
 
     source: Literal["generated", "folder"] = Field(
-        "generated", description="'generated': in-memory learnable tensors (demo, tests); 'folder': a tree made by `alexserve prepare` or `alexserve synth`."
+        "generated",
+        description="'generated': in-memory learnable tensors (demo, tests); 'folder': a tree made by `alexserve "
+        "prepare` or `alexserve synth`.",
     )
-    train_dir: Path | None = Field(None, description="Prepared training tree (one folder per class), with its stats file.")
-    val_dir: Path | None = Field(None, description="Prepared validation tree (one folder per class); None: the 'val' folder beside train_dir.")
+    train_dir: Path | None = Field(
+        None, description="Prepared training tree (one folder per class), with its stats file."
+    )
+    val_dir: Path | None = Field(
+        None, description="Prepared validation tree (one folder per class); None: the 'val' folder beside train_dir."
+    )
     stats_path: Path | None = Field(
-        None, description="Mean image and RGB PCA written by `alexserve prepare` (stats.npz); None: the one beside train_dir."
+        None,
+        description="Mean image and RGB PCA written by `alexserve prepare` (stats.npz); None: the one beside "
+        "train_dir.",
     )
-    loader: Literal["dali", "pil"] = Field("dali", description="'dali' (the paper's path on NVIDIA DALI) or 'pil' (PIL + torch DataLoader peer).")
+    loader: Literal["dali", "pil"] = Field(
+        "dali", description="'dali' (the paper's path on NVIDIA DALI) or 'pil' (PIL + torch DataLoader peer)."
+    )
     num_workers: int = Field(
-        2, ge=0, le=MAX_LOADER_WORKERS,
+        2,
+        ge=0,
+        le=MAX_LOADER_WORKERS,
         description=f"Decode/augment threads (DALI) or processes (PIL) per rank; at most {MAX_LOADER_WORKERS}.",
     )
     prefetch_batches: int = Field(2, ge=1, le=16, description="Batches prepared ahead of the one training; at most 16.")
     scale_size: int | None = Field(
-        None, ge=1, le=2 * MAX_INPUT_SIZE, description="Shorter side after rescale and side of the central square kept (paper: "
-        "256); None: the prepared tree's (stats.npz), or the paper's 256:224 ratio to model.input_size for generated data. "
-        f"At most {2 * MAX_INPUT_SIZE}."
+        None,
+        ge=1,
+        le=2 * MAX_INPUT_SIZE,
+        description="Shorter side after rescale and side of the central square kept (paper: "
+        "256); None: the prepared tree's (stats.npz), or the paper's 256:224 ratio to model.input_size for generated "
+        "data. "
+        f"At most {2 * MAX_INPUT_SIZE}.",
     )
     flip_probability: float = Field(0.5, ge=0.0, le=1.0, description="Chance of a horizontal reflection (paper: 0.5).")
     pca_lighting_std: float = Field(
-        0.1, ge=0.0, le=10.0, description="Std of the per-image, per-component PCA lighting coefficient (paper: 0.1); at most 10."
+        0.1,
+        ge=0.0,
+        le=10.0,
+        description="Std of the per-image, per-component PCA lighting coefficient (paper: 0.1); at most 10.",
     )
     generated_train_images: int = Field(
-        2048, ge=1, le=MAX_GENERATED_IMAGES,
+        2048,
+        ge=1,
+        le=MAX_GENERATED_IMAGES,
         description=f"Images in the generated training set, held in memory; at most {MAX_GENERATED_IMAGES:,}.",
     )
     generated_val_images: int = Field(
-        512, ge=1, le=MAX_GENERATED_IMAGES,
+        512,
+        ge=1,
+        le=MAX_GENERATED_IMAGES,
         description=f"Images in the generated validation set, held in memory; at most {MAX_GENERATED_IMAGES:,}.",
     )
 
     @model_validator(mode="after")
-    def _check_source(self) -> "DataConfig":
+    def _check_source(self) -> DataConfig:
         if self.source == "folder" and self.train_dir is None:
             raise ValueError("source 'folder' needs train_dir")
         return self
@@ -259,44 +318,87 @@ class OptimConfig(StrictModel):
     """The paper's SGD and learning-rate schedule."""
 
     learning_rate: float = Field(
-        0.01, gt=0.0, le=1000.0, description="Initial learning rate for every layer (paper: 0.01); finite, at most 1000."
+        0.01,
+        gt=0.0,
+        le=1000.0,
+        description="Initial learning rate for every layer (paper: 0.01); finite, at most 1000.",
     )
     momentum: float = Field(0.9, ge=0.0, lt=1.0, description="Momentum (paper: 0.9).")
-    weight_decay: float = Field(5e-4, ge=0.0, le=1.0, description="Weight decay (paper: 0.0005), applied as in the paper's update rule.")
-    lr_divisor: float = Field(10.0, gt=1.0, le=1e6, description="The learning rate is divided by this when validation error plateaus (paper: 10).")
+    weight_decay: float = Field(
+        5e-4, ge=0.0, le=1.0, description="Weight decay (paper: 0.0005), applied as in the paper's update rule."
+    )
+    lr_divisor: float = Field(
+        10.0,
+        gt=1.0,
+        le=1e6,
+        description="The learning rate is divided by this when validation error plateaus (paper: 10).",
+    )
     plateau_patience: int = Field(
-        3, ge=1, le=1000, description="Epochs in a row without a real improvement of the validation error before the learning rate drops."
+        3,
+        ge=1,
+        le=1000,
+        description="Epochs in a row without a real improvement of the validation error before the learning rate "
+        "drops.",
     )
     plateau_min_relative_improvement: float = Field(
-        0.02, ge=0.0, lt=1.0, description="An epoch improves only if its validation error is below best * (1 - this): "
-        "a lower error by a hair (one or two images of noise) does not reset the patience."
+        0.02,
+        ge=0.0,
+        lt=1.0,
+        description="An epoch improves only if its validation error is below best * (1 - this): "
+        "a lower error by a hair (one or two images of noise) does not reset the patience.",
     )
     warmup_epochs: float | None = Field(
-        None, ge=0.0, le=1000.0, description="The learning rate ramps up linearly from 0 over this many epochs. None: 0 at paper size, "
-        f"{REDUCED_NET_WARMUP_EPOCHS:g} below (a departure: a He-initialised narrow net takes steps too large at first)."
+        None,
+        ge=0.0,
+        le=1000.0,
+        description="The learning rate ramps up linearly from 0 over this many epochs. None: 0 at paper size, "
+        f"{REDUCED_NET_WARMUP_EPOCHS:g} below (a departure: a He-initialised narrow net takes steps too large at "
+        "first).",
     )
-    max_lr_reductions: int = Field(3, ge=0, le=20, description="Reductions before training stops (paper: three); at most 20.")
+    max_lr_reductions: int = Field(
+        3, ge=0, le=20, description="Reductions before training stops (paper: three); at most 20."
+    )
 
 
 class TrainConfig(StrictModel):
     """The training run itself."""
 
     batch_size: int = Field(
-        128, ge=1, le=MAX_BATCH_SIZE, description=f"Images per step, seen by both towers (paper: 128); at most {MAX_BATCH_SIZE}."
+        128,
+        ge=1,
+        le=MAX_BATCH_SIZE,
+        description=f"Images per step, seen by both towers (paper: 128); at most {MAX_BATCH_SIZE}.",
     )
-    num_epochs: int = Field(90, ge=1, le=100_000, description="Passes over the training set (paper: about 90); at most 100,000.")
-    max_steps: int | None = Field(None, ge=1, le=MAX_STEPS, description="Stop after this many steps (for demos and tests); None runs all epochs.")
-    seed: int = Field(0, ge=0, le=2**63 - 1, description="Seeds weights, data order, augmentation and dropout (0 .. 2^63-1).")
+    num_epochs: int = Field(
+        90, ge=1, le=100_000, description="Passes over the training set (paper: about 90); at most 100,000."
+    )
+    max_steps: int | None = Field(
+        None, ge=1, le=MAX_STEPS, description="Stop after this many steps (for demos and tests); None runs all epochs."
+    )
+    seed: int = Field(
+        0, ge=0, le=2**63 - 1, description="Seeds weights, data order, augmentation and dropout (0 .. 2^63-1)."
+    )
     log_every_steps: int = Field(10, ge=1, le=MAX_STEPS, description="Steps per progress line.")
-    dtype: Literal["float32", "float64"] = Field("float32", description="Parameter and activation dtype (float64 for exactness tests).")
+    dtype: Literal["float32", "float64"] = Field(
+        "float32", description="Parameter and activation dtype (float64 for exactness tests)."
+    )
     run_dir: Path = Field(Path("runs/default"), description="Where history, plots and checkpoints of this job go.")
     checkpoint_dir: Path | None = Field(None, description="Checkpoint folder; None means run_dir/checkpoints.")
-    checkpoint_every_steps: int | None = Field(None, ge=1, le=MAX_STEPS, description="Also checkpoint every this many steps (every epoch end always).")
-    keep_last_checkpoints: int = Field(3, ge=1, le=1000, description="Committed checkpoints kept; older ones are deleted. At most 1000.")
-    ten_crop_every_epochs: int = Field(1, ge=1, le=100_000, description="Evaluate ten crops every this many epochs (centre crop: every epoch).")
+    checkpoint_every_steps: int | None = Field(
+        None, ge=1, le=MAX_STEPS, description="Also checkpoint every this many steps (every epoch end always)."
+    )
+    keep_last_checkpoints: int = Field(
+        3, ge=1, le=1000, description="Committed checkpoints kept; older ones are deleted. At most 1000."
+    )
+    ten_crop_every_epochs: int = Field(
+        1, ge=1, le=100_000, description="Evaluate ten crops every this many epochs (centre crop: every epoch)."
+    )
     divergence_loss_factor: float = Field(
-        10.0, gt=1.0, le=1e6,
-        description="Training stops as diverged (exit code 4, no checkpoint) at a step whose loss is over this many times "
+        10.0,
+        gt=1.0,
+        le=1e6,
+        description="Training stops as diverged (exit code 4, no checkpoint) at a step whose loss is over this many "
+        "times "
         "the start: max(ln(num_classes), the first step's loss). A loss that is not finite always stops it.",
     )
 
@@ -308,9 +410,15 @@ class TrainConfig(StrictModel):
 class DistConfig(StrictModel):
     """How the two towers find each other."""
 
-    backend: Literal["auto", "nccl", "gloo"] = Field("auto", description="'auto': NCCL when every rank has its own GPU, gloo otherwise.")
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto': cuda:LOCAL_RANK when there are enough GPUs, else CPU.")
-    timeout_seconds: float = Field(60.0, gt=0.0, le=3600.0, description="Process-group timeout: a silent peer is declared lost after this.")
+    backend: Literal["auto", "nccl", "gloo"] = Field(
+        "auto", description="'auto': NCCL when every rank has its own GPU, gloo otherwise."
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="'auto': cuda:LOCAL_RANK when there are enough GPUs, else CPU."
+    )
+    timeout_seconds: float = Field(
+        60.0, gt=0.0, le=3600.0, description="Process-group timeout: a silent peer is declared lost after this."
+    )
 
 
 class JobConfig(StrictModel):
@@ -388,7 +496,7 @@ def build_config(base: dict[str, Any], overrides: list[str] = (), origin: str = 
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
-    """A YAML or JSON mapping; errors name the file. Refused before parsing unless a small regular file; no YAML aliases."""
+    """A YAML or JSON mapping; errors name the file. Only a small regular file is parsed, and no YAML aliases."""
     try:
         data = read_small_regular_file(Path(path))
         text = data.decode("utf-8")

@@ -56,13 +56,21 @@ from alexserve.train.schedule import PlateauSchedule
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="alexserve.worker", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="alexserve.worker", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", type=Path, help="job config (YAML or JSON); default: the embedded demo")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
-                        help="override one field (repeatable)")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue from the newest complete checkpoint in the run dir, if any")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.FIELD=VALUE",
+        help="override one field (repeatable)",
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="continue from the newest complete checkpoint in the run dir, if any"
+    )
     return parser.parse_args(argv)
 
 
@@ -102,7 +110,7 @@ def resume_requested(args: argparse.Namespace) -> bool:
 def announce_departures(departures: list[str]) -> None:
     if departures:
         lines = "\n".join(f"  - {line}" for line in departures)
-        print(f"departures from the paper for this job (README, \"Departures\"):\n{lines}", file=sys.stderr, flush=True)
+        print(f'departures from the paper for this job (README, "Departures"):\n{lines}', file=sys.stderr, flush=True)
 
 
 def run(job: JobConfig, topology: Topology, resume: bool, supervised: Supervision) -> int:

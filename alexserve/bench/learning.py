@@ -119,6 +119,7 @@ def trainer_figures(name: str, records: list[EpochRecord], target: float, wall_s
 
 # ---- the data
 
+
 def make_digits(root: Path, input_size: int, workers: int) -> Path:
     """Writes the digits and prepares them for `input_size` crops; returns the prepared tree."""
     from alexserve.data.digits import write_digits
@@ -146,9 +147,17 @@ def user_settings(args: argparse.Namespace, prepared: Path, run_dir: Path) -> li
 
 # ---- 1. the two-process pair, as a user runs it
 
+
 def run_pair(settings: list[str], run_dir: Path, target: float) -> TrainerFigures:
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               "-m", "alexserve.worker"]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "alexserve.worker",
+    ]
     for setting in settings:
         command += ["--set", setting]
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -157,8 +166,9 @@ def run_pair(settings: list[str], run_dir: Path, target: float) -> TrainerFigure
     began = time.perf_counter()
     with open(log_path, "w") as log:
         # Its own session, so a hung run is ended with torchrun's workers, not just torchrun.
-        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+        )
         watchdog = threading.Timer(PAIR_TIMEOUT_SECONDS, os.killpg, (proc.pid, signal.SIGKILL))
         watchdog.start()
         try:
@@ -181,6 +191,7 @@ def run_pair(settings: list[str], run_dir: Path, target: float) -> TrainerFigure
 
 
 # ---- 2. the same net in one process
+
 
 def run_single(settings: list[str], run_dir: Path, target: float, threads: int) -> tuple[TrainerFigures, list[str]]:
     """The grouped model trained like the towers (train/loop.py) on `threads` threads.
@@ -241,8 +252,9 @@ def train_grouped(job: JobConfig, log) -> list[EpochRecord]:
                 result = grouped_train_step(model, optimizer, images, labels, dropout_seed(cfg.seed, 0, global_step))
                 global_step += 1
                 if not math.isfinite(result.loss):
-                    raise SystemExit(f"single process: the loss is {result.loss} at step {global_step}; "
-                                     "the run diverged")
+                    raise SystemExit(
+                        f"single process: the loss is {result.loss} at step {global_step}; the run diverged"
+                    )
                 loss_sum += result.loss * result.images
                 errors += result.top1_errors
                 images_seen += result.images
@@ -256,15 +268,21 @@ def train_grouped(job: JobConfig, log) -> list[EpochRecord]:
             lr_used = optimizer.param_groups[0]["lr"]  # the last step's, as the loop records it
             optimizer.set_lr(schedule.step(results["center"].top1_error))
             ten = results.get("ten_crop")
-            records.append(EpochRecord(
-                epoch=epoch + 1, step=global_step, train_loss=loss_sum / max(images_seen, 1),
-                train_top1_error=errors / max(images_seen, 1),
-                val_top1_error=results["center"].top1_error, val_top5_error=results["center"].top5_error,
-                val_top1_error_10crop=ten.top1_error if ten else None,
-                val_top5_error_10crop=ten.top5_error if ten else None,
-                lr=lr_used, epoch_seconds=time.perf_counter() - started,
-                near_chance=near_chance(results["center"].top1_error, job.model.classes),
-            ))
+            records.append(
+                EpochRecord(
+                    epoch=epoch + 1,
+                    step=global_step,
+                    train_loss=loss_sum / max(images_seen, 1),
+                    train_top1_error=errors / max(images_seen, 1),
+                    val_top1_error=results["center"].top1_error,
+                    val_top5_error=results["center"].top5_error,
+                    val_top1_error_10crop=ten.top1_error if ten else None,
+                    val_top5_error_10crop=ten.top5_error if ten else None,
+                    lr=lr_used,
+                    epoch_seconds=time.perf_counter() - started,
+                    near_chance=near_chance(results["center"].top1_error, job.model.classes),
+                )
+            )
             log(f"epoch {epoch + 1} done: val centre top-1 err {results['center'].top1_error:.3f}, lr {lr_used:g}")
             if schedule.should_stop or (cfg.max_steps is not None and global_step >= cfg.max_steps):
                 break
@@ -276,8 +294,10 @@ def train_grouped(job: JobConfig, log) -> list[EpochRecord]:
 
 # ---- 3. a classical baseline
 
-def svm_error(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray,
-              val_y: np.ndarray) -> tuple[float, float, float]:
+
+def svm_error(
+    train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y: np.ndarray
+) -> tuple[float, float, float]:
     """(top-1 error, fit seconds, predict seconds) of StandardScaler + RBF SVC with scikit-learn's defaults."""
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -330,55 +350,79 @@ def svm_on_prepared(prepared: Path, input_size: int) -> SvmFigures:
 
 # ---- the report
 
+
 def ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
 
-def report(pair: TrainerFigures, single: TrainerFigures, svms: list[SvmFigures],
-           target: float) -> dict[str, float | None]:
+def report(
+    pair: TrainerFigures, single: TrainerFigures, svms: list[SvmFigures], target: float
+) -> dict[str, float | None]:
     """Prints the table; returns the ratios pair / single."""
+
     def cell(value: float | None, fmt: str) -> str:
         return format(value, fmt) if value is not None else "never"
 
-    print(f"{'':<18}{'s to ' + format(target, '.0%'):>9}{'epoch':>7}{'final err':>11}{'10-crop':>9}"
-          f"{'best err':>10}{'train+val s':>13}{'wall s':>9}")
+    print(
+        f"{'':<18}{'s to ' + format(target, '.0%'):>9}{'epoch':>7}{'final err':>11}{'10-crop':>9}"
+        f"{'best err':>10}{'train+val s':>13}{'wall s':>9}"
+    )
     for t in (pair, single):
         ten = f"{t.final_top1_error_10crop:.4f}" if t.final_top1_error_10crop is not None else "-"
-        print(f"{t.name:<18}{cell(t.seconds_to_target, '.1f'):>9}{cell(t.target_epoch, 'd'):>7}"
-              f"{t.final_top1_error:>11.4f}{ten:>9}{t.best_top1_error:>10.4f}{t.train_eval_seconds:>13.1f}{t.wall_seconds:>9.1f}")
+        print(
+            f"{t.name:<18}{cell(t.seconds_to_target, '.1f'):>9}{cell(t.target_epoch, 'd'):>7}"
+            f"{t.final_top1_error:>11.4f}{ten:>9}{t.best_top1_error:>10.4f}{t.train_eval_seconds:>13.1f}{t.wall_seconds:>9.1f}"
+        )
     for s in svms:
-        print(f"{s.name:<34}{s.top1_error:>11.4f}   fit {s.fit_seconds:.2f} s, "
-              f"predict {s.predict_seconds:.2f} s, on {s.features}")
+        print(
+            f"{s.name:<34}{s.top1_error:>11.4f}   fit {s.fit_seconds:.2f} s, "
+            f"predict {s.predict_seconds:.2f} s, on {s.features}"
+        )
     for t in (pair, single):
         print(f"{t.name} val top-1 error per epoch: {' '.join(f'{e:.3f}' for e in t.errors_per_epoch)}")
     ratios = {
         "time_to_target": ratio(pair.seconds_to_target, single.seconds_to_target),
         "train_eval_seconds": ratio(pair.train_eval_seconds, single.train_eval_seconds),
         "wall_seconds": ratio(pair.wall_seconds, single.wall_seconds),
-        "train_eval_seconds_per_epoch": ratio(pair.train_eval_seconds / pair.epochs_run,
-                                              single.train_eval_seconds / single.epochs_run),
+        "train_eval_seconds_per_epoch": ratio(
+            pair.train_eval_seconds / pair.epochs_run, single.train_eval_seconds / single.epochs_run
+        ),
     }
     shown = {k: (f"{v:.2f}x" if v is not None else "n/a (not reached by both)") for k, v in ratios.items()}
-    print(f"pair / single: time to {target:.0%} {shown['time_to_target']}, "
-          f"training+validation {shown['train_eval_seconds']} ({shown['train_eval_seconds_per_epoch']} per epoch), "
-          f"wall {shown['wall_seconds']}")
+    print(
+        f"pair / single: time to {target:.0%} {shown['time_to_target']}, "
+        f"training+validation {shown['train_eval_seconds']} ({shown['train_eval_seconds_per_epoch']} per epoch), "
+        f"wall {shown['wall_seconds']}"
+    )
     return ratios
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m alexserve.bench.learning", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m alexserve.bench.learning",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--width", type=float, default=0.25, help="model.width (default 0.25)")
     parser.add_argument("--epochs", type=int, default=12, help="train.num_epochs (default 12)")
-    parser.add_argument("--input-size", type=int, default=64,
-                        help="model.input_size; the digits are prepared at 256:224 of it (default 64)")
+    parser.add_argument(
+        "--input-size",
+        type=int,
+        default=64,
+        help="model.input_size; the digits are prepared at 256:224 of it (default 64)",
+    )
     parser.add_argument("--batch-size", type=int, default=64, help="train.batch_size (default 64)")
     parser.add_argument("--target", type=float, default=0.03, help="validation top-1 error to time (default 0.03)")
     parser.add_argument("--single-threads", type=int, help="torch threads of the single process (default: every core)")
-    parser.add_argument("--run-dir", type=Path, default=Path("runs/bench-learning"),
-                        help="the runs go to RUN_DIR/pair and RUN_DIR/single, replaced (default runs/bench-learning)")
-    parser.add_argument("--out", type=Path,
-                        help="figures, configuration and machine as JSON (default RUN_DIR/learning.json)")
+    parser.add_argument(
+        "--run-dir",
+        type=Path,
+        default=Path("runs/bench-learning"),
+        help="the runs go to RUN_DIR/pair and RUN_DIR/single, replaced (default runs/bench-learning)",
+    )
+    parser.add_argument(
+        "--out", type=Path, help="figures, configuration and machine as JSON (default RUN_DIR/learning.json)"
+    )
     args = parser.parse_args(argv)
     if args.epochs < 1 or args.batch_size < 1 or not 0.0 < args.target < 1.0:
         parser.error("--epochs and --batch-size must be >= 1 and --target between 0 and 1")
@@ -402,13 +446,16 @@ def main(argv: list[str] | None = None) -> int:
         svms = [svm_on_originals(), svm_on_prepared(prepared, args.input_size)]
         pair = run_pair(user_settings(args, prepared, args.run_dir / "pair"), args.run_dir / "pair", args.target)
         single_dir = args.run_dir / "single"
-        single, departures = run_single(user_settings(args, prepared, single_dir), single_dir, args.target,
-                                        single_threads)
-    print(f"digits: {num_train} training, {num_val} validation images, 10 classes, "
-          f"prepared at {paper_scale_size(args.input_size)} px; "
-          f"width {args.width}, input {args.input_size}, batch {args.batch_size}, {args.epochs} epochs; "
-          f"{cores} CPU cores (pair: {max(1, cores // 2)} torch threads per rank, single: {single_threads}), "
-          f"torch {torch.__version__}")
+        single, departures = run_single(
+            user_settings(args, prepared, single_dir), single_dir, args.target, single_threads
+        )
+    print(
+        f"digits: {num_train} training, {num_val} validation images, 10 classes, "
+        f"prepared at {paper_scale_size(args.input_size)} px; "
+        f"width {args.width}, input {args.input_size}, batch {args.batch_size}, {args.epochs} epochs; "
+        f"{cores} CPU cores (pair: {max(1, cores // 2)} torch threads per rank, single: {single_threads}), "
+        f"torch {torch.__version__}"
+    )
     for line in departures:
         print(f"departure: {line}")
     ratios = report(pair, single, svms, args.target)
@@ -419,13 +466,25 @@ def main(argv: list[str] | None = None) -> int:
         "svm": [asdict(s) for s in svms],
         "pair_over_single": ratios,
         "departures": departures,
-        "data": {"set": "UCI digits (sklearn.datasets.load_digits)", "train_images": num_train, "val_images": num_val,
-                 "image_size": DIGITS_SIZE, "scale_size": paper_scale_size(args.input_size),
-                 "val_fraction": VAL_FRACTION, "split_seed": SPLIT_SEED},
+        "data": {
+            "set": "UCI digits (sklearn.datasets.load_digits)",
+            "train_images": num_train,
+            "val_images": num_val,
+            "image_size": DIGITS_SIZE,
+            "scale_size": paper_scale_size(args.input_size),
+            "val_fraction": VAL_FRACTION,
+            "split_seed": SPLIT_SEED,
+        },
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "user_settings": user_settings(args, Path("PREPARED"), args.run_dir / "pair"),
-        "machine": {"cpus": cores, "pair_threads_per_rank": max(1, cores // 2), "single_threads": single_threads,
-                    "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__},
+        "machine": {
+            "cpus": cores,
+            "pair_threads_per_rank": max(1, cores // 2),
+            "single_threads": single_threads,
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+        },
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(figures, indent=1) + "\n")

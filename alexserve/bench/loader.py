@@ -60,8 +60,9 @@ def _job(data_dir: Path, loader: str, args) -> JobConfig:
     num_classes = len(read_class_index(data_dir / CLASSES_FILE))
     return JobConfig(
         model=ModelConfig(num_classes=num_classes, input_size=args.input_size),
-        data=DataConfig(source="folder", train_dir=data_dir / "train", loader=loader, num_workers=args.workers,
-                        prefetch_batches=2),
+        data=DataConfig(
+            source="folder", train_dir=data_dir / "train", loader=loader, num_workers=args.workers, prefetch_batches=2
+        ),
         train=TrainConfig(batch_size=args.batch_size, seed=0),
     )
 
@@ -91,9 +92,11 @@ def run(args) -> dict:
     ratio = results["dali"]["images_per_second_mean"] / results["pil"]["images_per_second_mean"]
     print(f"DALI CPU / PIL DataLoader: {ratio:.2f}x")
     training = training_wait(args)
-    print(f"training on the DALI loader (grouped model, width {args.train_width}, {training['steps']} steps): "
-          f"{training['step_seconds_mean'] * 1e3:.0f} ms/step, "
-          f"waiting for data {training['wait_fraction']:.1%} of step time")
+    print(
+        f"training on the DALI loader (grouped model, width {args.train_width}, {training['steps']} steps): "
+        f"{training['step_seconds_mean'] * 1e3:.0f} ms/step, "
+        f"waiting for data {training['wait_fraction']:.1%} of step time"
+    )
     return {"ratio_dali_over_pil": ratio, "results": results, "training": training}
 
 
@@ -121,8 +124,9 @@ def training_wait(args) -> dict:
             if steps > args.train_steps:
                 break
         if steps < 2:
-            raise SystemExit(f"the prepared set has {source.steps_per_epoch} batch(es) per epoch: "
-                             "too few to time training")
+            raise SystemExit(
+                f"the prepared set has {source.steps_per_epoch} batch(es) per epoch: too few to time training"
+            )
         elapsed = time.perf_counter() - began
         waited = source.wait_seconds_total - wait0
     finally:
@@ -138,10 +142,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--input-size", type=int, default=224)
     parser.add_argument("--steps", type=int, default=None, help="batches per measured epoch (default: whole epoch)")
     parser.add_argument("--repeats", type=int, default=3, help="measured epochs per loader (default 3)")
-    parser.add_argument("--synth-images", type=int, default=1280,
-                        help="training images when synthesising (default 1280)")
-    parser.add_argument("--train-width", type=float, default=0.25,
-                        help="width of the model trained to measure data wait")
+    parser.add_argument(
+        "--synth-images", type=int, default=1280, help="training images when synthesising (default 1280)"
+    )
+    parser.add_argument(
+        "--train-width", type=float, default=0.25, help="width of the model trained to measure data wait"
+    )
     parser.add_argument("--train-steps", type=int, default=8, help="training steps for the data-wait measurement")
     parser.add_argument("--out", type=Path, help="write configuration and results here as JSON")
     args = parser.parse_args(argv)
@@ -151,8 +157,13 @@ def main(argv: list[str] | None = None) -> int:
             from alexserve.data.synth import generate
 
             print(f"synthesising {args.synth_images} training images under {tmp} ...", file=sys.stderr)
-            generate(Path(tmp) / "src", num_classes=10, train_per_class=max(1, args.synth_images // 10),
-                     val_per_class=0, seed=0)
+            generate(
+                Path(tmp) / "src",
+                num_classes=10,
+                train_per_class=max(1, args.synth_images // 10),
+                val_per_class=0,
+                seed=0,
+            )
             prepare(Path(tmp) / "src", Path(tmp) / "prepared", workers=args.workers)
             args.data = Path(tmp) / "prepared"
         report = run(args)

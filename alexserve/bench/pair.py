@@ -27,8 +27,9 @@ from alexserve.train.optimizer import PaperSGD
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m alexserve.bench.pair", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m alexserve.bench.pair", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--width", type=float, default=0.5)
     parser.add_argument("--input-size", type=int, default=224)
     parser.add_argument("--num-classes", type=int, default=1000)
@@ -44,14 +45,17 @@ BATCH_PIXEL_STD = 60.0  # the fixed batch stands for centred 0..255 pixels
 
 
 def model_config(args: argparse.Namespace) -> ModelConfig:
-    return ModelConfig(width=args.width, input_size=args.input_size, num_classes=args.num_classes,
-                       pixel_std=BATCH_PIXEL_STD)
+    return ModelConfig(
+        width=args.width, input_size=args.input_size, num_classes=args.num_classes, pixel_std=BATCH_PIXEL_STD
+    )
 
 
 def fixed_batch(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
-    return (torch.randn(args.batch_size, 3, args.input_size, args.input_size, generator=g) * BATCH_PIXEL_STD,
-            torch.randint(0, args.num_classes, (args.batch_size,), generator=g))
+    return (
+        torch.randn(args.batch_size, 3, args.input_size, args.input_size, generator=g) * BATCH_PIXEL_STD,
+        torch.randint(0, args.num_classes, (args.batch_size,), generator=g),
+    )
 
 
 def timed_steps(step, steps: int, after_warmup=lambda: None) -> list[float]:
@@ -128,8 +132,9 @@ def run_rank(args: argparse.Namespace) -> None:
         totals = exchange.stats.take()
     if topology.rank == 0:
         per_point = {f"{p}/{d}": {"seconds": e.seconds, "bytes": e.bytes} for (p, d), e in totals.items()}
-        args.rank_worker.write_text(json.dumps({"times": times, "exchange": per_point,
-                                                "allreduce_wait_seconds": wait.seconds if wait else 0.0}))
+        args.rank_worker.write_text(
+            json.dumps({"times": times, "exchange": per_point, "allreduce_wait_seconds": wait.seconds if wait else 0.0})
+        )
 
 
 def run_pair(args: argparse.Namespace, argv: list[str], world_size: int = 2) -> dict:
@@ -143,8 +148,15 @@ def run_pair(args: argparse.Namespace, argv: list[str], world_size: int = 2) -> 
         result = Path(tmp) / "rank0.json"
         procs = []
         for rank in range(world_size):
-            env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
-                       LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+            env = dict(
+                os.environ,
+                RANK=str(rank),
+                LOCAL_RANK=str(rank),
+                WORLD_SIZE=str(world_size),
+                LOCAL_WORLD_SIZE=str(world_size),
+                MASTER_ADDR="127.0.0.1",
+                MASTER_PORT=str(port),
+            )
             command = [sys.executable, "-m", "alexserve.bench.pair", *argv, "--rank-worker", str(result)]
             procs.append(subprocess.Popen(command, env=env))
         codes = [p.wait(timeout=3600) for p in procs]
@@ -173,8 +185,11 @@ def main(argv: list[str] | None = None) -> int:
         run_rank(args)
         return 0
     cfg = model_config(args)
-    print(f"model width {cfg.width}, input {cfg.input_size}, batch {args.batch_size}, {args.steps} timed steps, "
-          f"{os.cpu_count()} CPU cores, torch {torch.__version__}", flush=True)
+    print(
+        f"model width {cfg.width}, input {cfg.input_size}, batch {args.batch_size}, {args.steps} timed steps, "
+        f"{os.cpu_count()} CPU cores, torch {torch.__version__}",
+        flush=True,
+    )
     single = run_single(args)
     pair = run_pair(args, strip_out(argv))
     single_median, pair_median = statistics.median(single), statistics.median(pair["times"])
@@ -185,19 +200,28 @@ def main(argv: list[str] | None = None) -> int:
         "pair_step_seconds_median": pair_median,
         "pair_over_single": pair_median / single_median,
         "exchange_share_of_pair_step": exchange_share,
-        "exchange_per_point": {k: {"seconds_per_step": v["seconds"] / args.steps,
-                                   "bytes_per_step": v["bytes"] // args.steps}
-                               for k, v in sorted(pair["exchange"].items())},
+        "exchange_per_point": {
+            k: {"seconds_per_step": v["seconds"] / args.steps, "bytes_per_step": v["bytes"] // args.steps}
+            for k, v in sorted(pair["exchange"].items())
+        },
     }
-    print(f"single process (grouped, {os.cpu_count()} threads): {single_median * 1e3:.1f} ms/step "
-          f"(spread {min(single) * 1e3:.1f}-{max(single) * 1e3:.1f})")
-    print(f"two-process gloo pair:                 {pair_median * 1e3:.1f} ms/step "
-          f"(spread {min(pair['times']) * 1e3:.1f}-{max(pair['times']) * 1e3:.1f})")
+    print(
+        f"single process (grouped, {os.cpu_count()} threads): {single_median * 1e3:.1f} ms/step "
+        f"(spread {min(single) * 1e3:.1f}-{max(single) * 1e3:.1f})"
+    )
+    print(
+        f"two-process gloo pair:                 {pair_median * 1e3:.1f} ms/step "
+        f"(spread {min(pair['times']) * 1e3:.1f}-{max(pair['times']) * 1e3:.1f})"
+    )
     for point, e in figures["exchange_per_point"].items():
-        print(f"  exchange {point:<16} {e['seconds_per_step'] * 1e3:7.2f} ms/step  "
-              f"{e['bytes_per_step'] / 1e6:7.2f} MB/step")
-    print(f"pair / single step time: {figures['pair_over_single']:.2f}x; "
-          f"exchange share of the pair's step: {exchange_share:.1%}")
+        print(
+            f"  exchange {point:<16} {e['seconds_per_step'] * 1e3:7.2f} ms/step  "
+            f"{e['bytes_per_step'] / 1e6:7.2f} MB/step"
+        )
+    print(
+        f"pair / single step time: {figures['pair_over_single']:.2f}x; "
+        f"exchange share of the pair's step: {exchange_share:.1%}"
+    )
     if args.out:
         args.out.write_text(json.dumps(figures, indent=2))
     return 0

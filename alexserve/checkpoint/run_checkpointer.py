@@ -28,10 +28,21 @@ from alexserve.train.schedule import PlateauSchedule
 
 SHARD_NAMES = ("tower0", "tower1")
 # Model fields that change parameter shapes or meaning; anything else (width of a log line...) may differ on resume.
-MODEL_FIELDS_THAT_MUST_MATCH = ("num_classes", "width", "input_size", "conv1_padding", "tower_conv_channels",
-                                "conv_kernel_sizes", "conv1_stride", "tower_fc_neurons", "pool_kernel", "pool_stride",
-                                # Same shapes, another function: LRN strength and what the input is divided by.
-                                "lrn_alpha_convention", "input_scaling")
+MODEL_FIELDS_THAT_MUST_MATCH = (
+    "num_classes",
+    "width",
+    "input_size",
+    "conv1_padding",
+    "tower_conv_channels",
+    "conv_kernel_sizes",
+    "conv1_stride",
+    "tower_fc_neurons",
+    "pool_kernel",
+    "pool_stride",
+    # Same shapes, another function: LRN strength and what the input is divided by.
+    "lrn_alpha_convention",
+    "input_scaling",
+)
 
 
 @dataclass
@@ -55,8 +66,9 @@ class RunCheckpointer:
     def __init__(self, job: JobConfig, topology: Topology, store: CheckpointStore):
         self.job, self.topology, self.store = job, topology, store
 
-    def save(self, tower: torch.nn.Module, optimizer: torch.optim.Optimizer, schedule: PlateauSchedule,
-             position: Position) -> CheckpointRef | None:
+    def save(
+        self, tower: torch.nn.Module, optimizer: torch.optim.Optimizer, schedule: PlateauSchedule, position: Position
+    ) -> CheckpointRef | None:
         """Collective: every rank calls it at the same step. Returns the committed ref on rank 0."""
         step = position.global_step
         if self.topology.pair == 0:
@@ -66,8 +78,13 @@ class RunCheckpointer:
             dist.barrier()
         if not self.topology.is_primary:
             return None
-        shared = {"epoch": position.epoch, "step_in_epoch": position.step_in_epoch, "global_step": step,
-                  "num_pairs": self.topology.num_pairs, "schedule": schedule.state_dict()}
+        shared = {
+            "epoch": position.epoch,
+            "step_in_epoch": position.step_in_epoch,
+            "global_step": step,
+            "num_pairs": self.topology.num_pairs,
+            "schedule": schedule.state_dict(),
+        }
         return self.store.commit(step, shared, self.job.model_dump(mode="json"))
 
     def _choose(self) -> CheckpointRef | None:
@@ -80,8 +97,9 @@ class RunCheckpointer:
                 print(f"resume: skipping damaged checkpoint: {err}", file=sys.stderr, flush=True)
         return None
 
-    def restore(self, tower: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                schedule: PlateauSchedule) -> Position | None:
+    def restore(
+        self, tower: torch.nn.Module, optimizer: torch.optim.Optimizer, schedule: PlateauSchedule
+    ) -> Position | None:
         """Collective: loads the checkpoint rank 0 chose into every rank; None when there is none."""
         chosen = torch.tensor([-1], dtype=torch.int64, device=self.topology.device)
         if self.topology.is_primary:
@@ -94,16 +112,19 @@ class RunCheckpointer:
             return None
         ref = next((r for r in self.store.committed() if r.step == step), None)
         if ref is None:
-            raise CheckpointError(f"{self.store.directory}: rank {self.topology.rank} cannot see checkpoint "
-                                  f"step {step} that rank 0 chose (is the checkpoint folder shared by all ranks?)")
+            raise CheckpointError(
+                f"{self.store.directory}: rank {self.topology.rank} cannot see checkpoint "
+                f"step {step} that rank 0 chose (is the checkpoint folder shared by all ranks?)"
+            )
         self.store.check_model_config(ref, self.job.model.model_dump(mode="json"), MODEL_FIELDS_THAT_MUST_MATCH)
         shard = self.store.load(ref, shard_name(self.topology.tower), map_location=self.topology.device)
         try:
             tower.load_state_dict(shard["model"])
             optimizer.load_state_dict(shard["optimizer"])
         except (KeyError, RuntimeError, ValueError) as err:
-            raise CheckpointError(f"{ref.path}: shard {shard_name(self.topology.tower)} "
-                                  f"does not fit this model: {err}") from None
+            raise CheckpointError(
+                f"{ref.path}: shard {shard_name(self.topology.tower)} does not fit this model: {err}"
+            ) from None
         restore_rng_state(shard["rng"])
         shared = self.store.load_shared(ref)
         schedule.load_state_dict(shared["schedule"])
@@ -122,8 +143,12 @@ class RunCheckpointer:
             images = position.step_in_epoch * saved_pairs
             position.step_in_epoch = images // self.topology.num_pairs
             if self.topology.is_primary:
-                print(f"resume: checkpoint from {saved_pairs} pair(s) mid-epoch, resuming with "
-                      f"{self.topology.num_pairs}: continuing epoch {position.epoch + 1} at step "
-                      f"{position.step_in_epoch} (same number of images seen, "
-                      "not the same images)", file=sys.stderr, flush=True)
+                print(
+                    f"resume: checkpoint from {saved_pairs} pair(s) mid-epoch, resuming with "
+                    f"{self.topology.num_pairs}: continuing epoch {position.epoch + 1} at step "
+                    f"{position.step_in_epoch} (same number of images seen, "
+                    "not the same images)",
+                    file=sys.stderr,
+                    flush=True,
+                )
         return position

@@ -61,9 +61,10 @@ import time
 import uuid
 import warnings
 from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterable, Sequence
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -156,9 +157,14 @@ def check_loadable(payload: Any, where: str = "payload") -> None:
         for index, value in enumerate(payload):
             check_loadable(value, f"{where}[{index}]")
         return
-    hint = "convert it with torch.as_tensor(...)" if isinstance(payload, np.ndarray) else (
-        "convert it with float()/int()" if isinstance(payload, np.generic)
-        else "store plain numbers, strings, tensors or containers of them"
+    hint = (
+        "convert it with torch.as_tensor(...)"
+        if isinstance(payload, np.ndarray)
+        else (
+            "convert it with float()/int()"
+            if isinstance(payload, np.generic)
+            else "store plain numbers, strings, tensors or containers of them"
+        )
     )
     raise CheckpointError(
         f"{where} is a {kind.__module__}.{kind.__qualname__}, which torch.load(weights_only=True) refuses; {hint}"
@@ -199,8 +205,9 @@ class CheckpointStore:
         check_loadable(payload, where=f"shard {name!r}")
         staging = self.staging_dir(step)
         self._make_dirs(staging)
-        size, digest = _save_torch(staging / f"{name}.pt",
-                                   {"format_version": FORMAT_VERSION, "step": step, "payload": payload})
+        size, digest = _save_torch(
+            staging / f"{name}.pt", {"format_version": FORMAT_VERSION, "step": step, "payload": payload}
+        )
         # The sidecar follows the shard, so its presence proves the shard is whole.
         _write_json_atomically(staging / f"{name}.json", {"file": f"{name}.pt", "bytes": size, "sha256": digest})
         return staging / f"{name}.pt"
@@ -225,8 +232,9 @@ class CheckpointStore:
         staging = self.staging_dir(step)
         files = {name: self._read_sidecar(staging, name) for name in self.shard_names}
         self._remove_strays(staging)
-        size, digest = _save_torch(staging / f"{SHARED}.pt",
-                                   {"format_version": FORMAT_VERSION, "step": step, "payload": shared})
+        size, digest = _save_torch(
+            staging / f"{SHARED}.pt", {"format_version": FORMAT_VERSION, "step": step, "payload": shared}
+        )
         files[SHARED] = {"file": f"{SHARED}.pt", "bytes": size, "sha256": digest}
         size, digest = _write_json_atomically(staging / CONFIG_FILE, config)
         manifest = {
@@ -317,7 +325,7 @@ class CheckpointStore:
                 manifest = json.loads((entry / MARKER).read_text())
             except (OSError, ValueError) as err:
                 # The marker is renamed into place whole, so this is damage after the fact, not a crash.
-                warnings.warn(f"{entry / MARKER}: ignoring checkpoint with an unreadable manifest: {err}")
+                warnings.warn(f"{entry / MARKER}: ignoring checkpoint with an unreadable manifest: {err}", stacklevel=2)
                 continue
             refs.append(CheckpointRef(step=step, path=entry, manifest=manifest))
         return sorted(refs, key=lambda ref: ref.step)
@@ -357,8 +365,9 @@ class CheckpointStore:
         except ValueError as err:
             raise CheckpointError(f"{path}: not valid JSON: {err}") from None
 
-    def check_model_config(self, ref: CheckpointRef, model_cfg: dict[str, Any],
-                           fields: Iterable[str] | None = None) -> None:
+    def check_model_config(
+        self, ref: CheckpointRef, model_cfg: dict[str, Any], fields: Iterable[str] | None = None
+    ) -> None:
         """Raises CheckpointError listing every model field (all, or `fields`) that differs from the checkpoint's."""
         path = ref.path / CONFIG_FILE
         saved = self.load_config(ref).get("model")
@@ -381,8 +390,9 @@ class CheckpointStore:
         marker = ref.path / MARKER
         manifest = ref.manifest
         if manifest.get("format_version") != FORMAT_VERSION:
-            raise CheckpointError(f"{marker}: format version {manifest.get('format_version')!r}, "
-                                  f"this code reads {FORMAT_VERSION}")
+            raise CheckpointError(
+                f"{marker}: format version {manifest.get('format_version')!r}, this code reads {FORMAT_VERSION}"
+            )
         try:
             if name == SHARED:
                 return _parse_file_entry(manifest["shared"])
@@ -408,8 +418,9 @@ class CheckpointStore:
         except OSError as err:
             raise CheckpointError(f"{path}: cannot read: {err.strerror}") from None
         if len(data) != entry["bytes"]:
-            raise CheckpointError(f"{path}: truncated or altered: {len(data)} bytes, "
-                                  f"the manifest recorded {entry['bytes']}")
+            raise CheckpointError(
+                f"{path}: truncated or altered: {len(data)} bytes, the manifest recorded {entry['bytes']}"
+            )
         if hashlib.sha256(data).hexdigest() != entry["sha256"]:
             raise CheckpointError(f"{path}: corrupt: SHA-256 differs from the one the manifest recorded")
         return data
@@ -517,6 +528,8 @@ def _restore_cuda(saved: list[torch.Tensor]) -> None:
     if len(saved) != available:
         # Resuming on another machine: whatever matches is restored, and exact
         # reproduction of GPU dropout masks is not to be expected.
-        warnings.warn(f"checkpoint holds CUDA RNG states for {len(saved)} device(s), this process sees {available}")
+        warnings.warn(
+            f"checkpoint holds CUDA RNG states for {len(saved)} device(s), this process sees {available}", stacklevel=2
+        )
     for device, rng in enumerate(saved[:available]):
         torch.cuda.set_rng_state(rng.to("cpu", torch.uint8), device)

@@ -47,11 +47,13 @@ from alexserve.contract.worker_messages import (
 SEND_QUEUE_MESSAGES = 1000
 CLOSE_FLUSH_SECONDS = 1.0  # how long close() may wait to deliver the last reports (the final StateEvent)
 
+
 class SupervisorChannel:
     """PUSH socket for reports (every rank) and, on global rank 0, a DEALER socket for commands."""
 
-    def __init__(self, job_id: str, rank: int, report_addr: str, control_addr: str | None,
-                 token: str | None = None) -> None:
+    def __init__(
+        self, job_id: str, rank: int, report_addr: str, control_addr: str | None, token: str | None = None
+    ) -> None:
         self.job_id, self.rank = job_id, rank
         self.dropped = 0
         # A private context: the training process may use ZeroMQ elsewhere, and term() here must not wait on it.
@@ -72,7 +74,7 @@ class SupervisorChannel:
             self._send_on(self._commands, Hello(job_id=job_id, rank=rank, token=token).to_bytes())
 
     @classmethod
-    def from_env(cls, rank: int) -> "SupervisorChannel | None":
+    def from_env(cls, rank: int) -> SupervisorChannel | None:
         """The channel described by the environment, or None when the worker was not started by a supervisor."""
         job_id = os.environ.get(ENV_JOB_ID)
         report_addr = os.environ.get(ENV_REPORT_ADDR)
@@ -99,8 +101,11 @@ class SupervisorChannel:
         data = message.to_bytes()
         if len(data) > MAX_REPORT_BYTES:
             self.dropped += 1
-            print(f"[alexserve rank {self.rank}] {message.__class__.__name__} of {len(data)} bytes dropped "
-                  f"(limit {MAX_REPORT_BYTES})", file=sys.stderr)
+            print(
+                f"[alexserve rank {self.rank}] {message.__class__.__name__} of {len(data)} bytes dropped "
+                f"(limit {MAX_REPORT_BYTES})",
+                file=sys.stderr,
+            )
             return
         self._send_on(self._reports, data)
 
@@ -135,7 +140,7 @@ class SupervisorChannel:
         self._context.term()
         self._reports = self._commands = None
 
-    def __enter__(self) -> "SupervisorChannel":
+    def __enter__(self) -> SupervisorChannel:
         return self
 
     def __exit__(self, *exc) -> None:

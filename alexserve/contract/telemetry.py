@@ -35,8 +35,18 @@ from alexserve.contract.worker_messages import (
 if TYPE_CHECKING:
     from alexserve.contract.supervisor_channel import SupervisorChannel
 
-__all__ = ["CommandSource", "ErrorReason", "EvalSummary", "ExchangeTime", "IntervalSummary", "NoCommands",
-           "NullTelemetry", "SupervisorTelemetry", "TelemetrySink", "WorkerState"]
+__all__ = [
+    "CommandSource",
+    "ErrorReason",
+    "EvalSummary",
+    "ExchangeTime",
+    "IntervalSummary",
+    "NoCommands",
+    "NullTelemetry",
+    "SupervisorTelemetry",
+    "TelemetrySink",
+    "WorkerState",
+]
 
 
 @dataclass(frozen=True)
@@ -136,30 +146,49 @@ class SupervisorTelemetry:
         self.channel, self.pair, self.tower = channel, pair, tower
 
     def interval(self, summary: IntervalSummary) -> None:
-        self.channel.send(StepReport(
-            job_id=self.channel.job_id, rank=self.channel.rank, pair=self.pair, tower=self.tower,
-            epoch=summary.epoch, step=summary.global_step, steps=summary.steps, loss=summary.loss,
-            learning_rate=summary.learning_rate, images=summary.images,
-            step_seconds=summarize_seconds(summary.step_seconds), data_wait_seconds=summary.data_wait_seconds,
-            exchange=[ExchangeTiming(point=e.point, direction=e.direction, seconds=e.seconds, bytes=e.bytes)
-                      for e in summary.exchange],
-            device_memory_bytes=summary.memory_bytes,
-        ))
+        self.channel.send(
+            StepReport(
+                job_id=self.channel.job_id,
+                rank=self.channel.rank,
+                pair=self.pair,
+                tower=self.tower,
+                epoch=summary.epoch,
+                step=summary.global_step,
+                steps=summary.steps,
+                loss=summary.loss,
+                learning_rate=summary.learning_rate,
+                images=summary.images,
+                step_seconds=summarize_seconds(summary.step_seconds),
+                data_wait_seconds=summary.data_wait_seconds,
+                exchange=[
+                    ExchangeTiming(point=e.point, direction=e.direction, seconds=e.seconds, bytes=e.bytes)
+                    for e in summary.exchange
+                ],
+                device_memory_bytes=summary.memory_bytes,
+            )
+        )
 
     def evaluation(self, summary: EvalSummary) -> None:
-        self.channel.send(EvalReport(
-            job_id=self.channel.job_id, rank=self.channel.rank, epoch=summary.epoch, step=summary.global_step,
-            center_top1_error=summary.center_top1_error, center_top5_error=summary.center_top5_error,
-            ten_crop_top1_error=summary.ten_crop_top1_error, ten_crop_top5_error=summary.ten_crop_top5_error,
-        ))
+        self.channel.send(
+            EvalReport(
+                job_id=self.channel.job_id,
+                rank=self.channel.rank,
+                epoch=summary.epoch,
+                step=summary.global_step,
+                center_top1_error=summary.center_top1_error,
+                center_top5_error=summary.center_top5_error,
+                ten_crop_top1_error=summary.ten_crop_top1_error,
+                ten_crop_top5_error=summary.ten_crop_top5_error,
+            )
+        )
 
     def checkpoint(self, global_step: int) -> None:
         self.channel.send(CheckpointEvent(job_id=self.channel.job_id, rank=self.channel.rank, step=global_step))
 
     def state(self, state: WorkerState, global_step: int) -> None:
-        self.channel.send(StateEvent(job_id=self.channel.job_id, rank=self.channel.rank, state=state,
-                                     step=global_step))
+        self.channel.send(StateEvent(job_id=self.channel.job_id, rank=self.channel.rank, state=state, step=global_step))
 
     def error(self, message: str, reason: ErrorReason = "error") -> None:
-        self.channel.send(ErrorEvent(job_id=self.channel.job_id, rank=self.channel.rank, message=message,
-                                     reason=reason))
+        self.channel.send(
+            ErrorEvent(job_id=self.channel.job_id, rank=self.channel.rank, message=message, reason=reason)
+        )

@@ -33,7 +33,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from typing import Annotated, Literal, Union, get_args
+from typing import Annotated, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
@@ -97,14 +97,18 @@ class StepReport(Message):
     loss: float = Field(allow_inf_nan=True, description="Mean training loss over the interval (NaN if it diverged).")
     learning_rate: float = Field(ge=0.0, allow_inf_nan=False)
     images: Count = Field(
-        description="Images this rank trained on in the interval (a pair's two towers see the same images).")
-    step_seconds: list[Seconds] = Field(default_factory=list, max_length=MAX_STEP_SECONDS,
-                                        description="Duration of each step of the interval.")
+        description="Images this rank trained on in the interval (a pair's two towers see the same images)."
+    )
+    step_seconds: list[Seconds] = Field(
+        default_factory=list, max_length=MAX_STEP_SECONDS, description="Duration of each step of the interval."
+    )
     data_wait_seconds: Seconds = Field(0.0, description="Time spent waiting for input batches in the interval.")
-    exchange: list[ExchangeTiming] = Field(default_factory=list,
-                                           max_length=len(TIMED_EXCHANGE_POINTS) * len(EXCHANGE_DIRECTIONS) * 4)
+    exchange: list[ExchangeTiming] = Field(
+        default_factory=list, max_length=len(TIMED_EXCHANGE_POINTS) * len(EXCHANGE_DIRECTIONS) * 4
+    )
     device_memory_bytes: Count = Field(
-        0, description="Device (CUDA) memory allocated, or the process's resident memory on CPU.")
+        0, description="Device (CUDA) memory allocated, or the process's resident memory on CPU."
+    )
 
 
 class EvalReport(Message):
@@ -128,8 +132,9 @@ class CheckpointEvent(Message):
     job_id: JobId
     rank: Rank = 0
     step: Count
-    timestamp: float = Field(default_factory=time.time, gt=0.0, allow_inf_nan=False,
-                             description="Unix time of the commit.")
+    timestamp: float = Field(
+        default_factory=time.time, gt=0.0, allow_inf_nan=False, description="Unix time of the commit."
+    )
 
 
 class StateEvent(Message):
@@ -150,8 +155,10 @@ class ErrorEvent(Message):
     rank: Rank = 0
     message: str = Field(max_length=4000)
     reason: ErrorReason = Field(
-        "error", description="'diverged': the loss diverged; a relaunch would diverge again, "
-        "so the supervisor fails the job without one.")
+        "error",
+        description="'diverged': the loss diverged; a relaunch would diverge again, "
+        "so the supervisor fails the job without one.",
+    )
 
     @field_validator("message", mode="before")
     @classmethod
@@ -169,8 +176,9 @@ class Hello(Message):
     token: str | None = Field(None, max_length=512)
 
 
-Report = Annotated[Union[StepReport, EvalReport, CheckpointEvent, StateEvent, ErrorEvent, Hello],
-                   Field(discriminator="kind")]
+Report = Annotated[
+    StepReport | EvalReport | CheckpointEvent | StateEvent | ErrorEvent | Hello, Field(discriminator="kind")
+]
 
 # ---------------------------------------------------------------- supervisor -> worker rank 0
 
@@ -204,7 +212,7 @@ class CheckpointNowCommand(_Command):
     kind: Literal["checkpoint_now"] = "checkpoint_now"
 
 
-Command = Annotated[Union[PauseCommand, ResumeCommand, StopCommand, CheckpointNowCommand], Field(discriminator="kind")]
+Command = Annotated[PauseCommand | ResumeCommand | StopCommand | CheckpointNowCommand, Field(discriminator="kind")]
 
 _REPORT = TypeAdapter(Report)
 _COMMAND = TypeAdapter(Command)

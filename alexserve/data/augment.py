@@ -37,8 +37,10 @@ class SampleParams:
     def __len__(self) -> int:
         return len(self.file_indices)
 
-    def slice(self, start: int, stop: int) -> "SampleParams":
-        return SampleParams(*(a[start:stop] for a in (self.file_indices, self.crop_x, self.crop_y, self.flip, self.lighting)))
+    def slice(self, start: int, stop: int) -> SampleParams:
+        return SampleParams(
+            *(a[start:stop] for a in (self.file_indices, self.crop_x, self.crop_y, self.flip, self.lighting))
+        )
 
 
 def epoch_rng(seed: int, epoch: int) -> np.random.Generator:
@@ -46,7 +48,14 @@ def epoch_rng(seed: int, epoch: int) -> np.random.Generator:
 
 
 def draw_epoch(
-    num_images: int, *, seed: int, epoch: int, max_offset: int, flip_probability: float, pca_lighting_std: float, stats: DatasetStats
+    num_images: int,
+    *,
+    seed: int,
+    epoch: int,
+    max_offset: int,
+    flip_probability: float,
+    pca_lighting_std: float,
+    stats: DatasetStats,
 ) -> SampleParams:
     """Parameters for every position of the epoch's permutation (before sharding)."""
     rng = epoch_rng(seed, epoch)
@@ -66,7 +75,8 @@ def shard_steps(num_images: int, batch_size: int, dp_rank: int, dp_size: int) ->
     steps = per_rank // batch_size
     if steps == 0:
         raise DatasetError(
-            f"{num_images} training images split over {dp_size} data-parallel rank(s) give no full batch of {batch_size}; "
+            f"{num_images} training images split over {dp_size} data-parallel rank(s) give no full batch of "
+            f"{batch_size}; "
             "use a smaller train.batch_size or more images"
         )
     return dp_rank * per_rank, steps

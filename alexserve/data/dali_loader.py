@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from alexserve.data.augment import SampleParams, TrainPlan, center_offset, ten_crop_offsets
-from alexserve.data.prepared_tree import LabeledFile
 from alexserve.data.prefetch import PrefetchSlot
+from alexserve.data.prepared_tree import LabeledFile
 from alexserve.data.source import EvalMode, EvalSource, TrainSource
 from alexserve.data.stats import DatasetStats
 
@@ -42,7 +42,8 @@ def dali_available() -> bool:
 def _require_dali() -> None:
     if DALI_IMPORT_ERROR is not None:
         raise ImportError(
-            f"data.loader 'dali' needs NVIDIA DALI (pip install nvidia-dali-cuda120, or alexserve[dali]): {DALI_IMPORT_ERROR}"
+            "data.loader 'dali' needs NVIDIA DALI (pip install nvidia-dali-cuda120, or alexserve[dali]): "
+            f"{DALI_IMPORT_ERROR}"
         )
 
 
@@ -71,7 +72,14 @@ def _decoded_minus_mean(jpegs, mean_image: np.ndarray, gpu: bool):
 def _crop(images, size: int, pos_x, pos_y, mirror, neg_lighting=None):
     kwargs = {} if neg_lighting is None else {"mean": neg_lighting, "std": 1.0}
     return fn.crop_mirror_normalize(
-        images, crop=(size, size), crop_pos_x=pos_x, crop_pos_y=pos_y, mirror=mirror, dtype=types.FLOAT, output_layout="CHW", **kwargs
+        images,
+        crop=(size, size),
+        crop_pos_x=pos_x,
+        crop_pos_y=pos_y,
+        mirror=mirror,
+        dtype=types.FLOAT,
+        output_layout="CHW",
+        **kwargs,
     )
 
 
@@ -194,7 +202,10 @@ class DaliEvalSource(EvalSource):
                 if mode == "center":
                     c = _normalized(center_offset(s, n), s, n)
                     return _crop(centred, n, c, c, 0)
-                crops = [_crop(centred, n, _normalized(x, s, n), _normalized(y, s, n), int(f)) for x, y, f in ten_crop_offsets(s, n)]
+                crops = [
+                    _crop(centred, n, _normalized(x, s, n), _normalized(y, s, n), int(f))
+                    for x, y, f in ten_crop_offsets(s, n)
+                ]
                 return fn.stack(*crops, axis=0)
 
             pipe = eval_pipeline()
@@ -218,5 +229,3 @@ class DaliEvalSource(EvalSource):
     def close(self) -> None:
         self._prefetch.stop()
         self._pipes.clear()
-
-

@@ -38,8 +38,13 @@ def ensure_demo_dataset(job: JobConfig, local_rank: int) -> None:
     print(f"demo: making the demo dataset in {prepared} (once; about half a minute)", file=sys.stderr, flush=True)
     staging = prepared.with_name(f"{prepared.name}.building-{os.getpid()}")
     raw = staging / "synth"
-    generate(raw, num_classes=job.model.num_classes or DEMO_NUM_CLASSES, train_per_class=DEMO_TRAIN_PER_CLASS,
-             val_per_class=DEMO_VAL_PER_CLASS, seed=job.train.seed)
+    generate(
+        raw,
+        num_classes=job.model.num_classes or DEMO_NUM_CLASSES,
+        train_per_class=DEMO_TRAIN_PER_CLASS,
+        val_per_class=DEMO_VAL_PER_CLASS,
+        seed=job.train.seed,
+    )
     scale_size = job.data.scale_size or paper_scale_size(job.model.input_size)
     prepare(raw, staging / "prepared", scale_size=scale_size, workers=os.cpu_count())
     shutil.rmtree(raw)

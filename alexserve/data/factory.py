@@ -18,7 +18,15 @@ import torch
 
 from alexserve.config import JobConfig
 from alexserve.data.augment import TrainPlan
-from alexserve.data.prepared_tree import CLASSES_FILE, STATS_FILE, ClassInfo, DatasetError, LabeledFile, list_prepared_split, read_class_index
+from alexserve.data.prepared_tree import (
+    CLASSES_FILE,
+    STATS_FILE,
+    ClassInfo,
+    DatasetError,
+    LabeledFile,
+    list_prepared_split,
+    read_class_index,
+)
 from alexserve.data.source import EvalSource, TrainSource
 from alexserve.data.stats import DatasetStats
 
@@ -50,10 +58,14 @@ def open_prepared_tree(job: JobConfig) -> PreparedTree:
             "re-run `alexserve prepare` with this scale, or leave data.scale_size unset to take the tree's"
         )
     if job.model.input_size > stats.scale_size:
-        raise DatasetError(f"model.input_size {job.model.input_size} is larger than the prepared images ({stats.scale_size})")
+        raise DatasetError(
+            f"model.input_size {job.model.input_size} is larger than the prepared images ({stats.scale_size})"
+        )
     if job.model.num_classes is not None and len(classes) != job.model.num_classes:
-        raise DatasetError(f"{root / CLASSES_FILE} lists {len(classes)} classes but model.num_classes is {job.model.num_classes}; "
-                           "leave model.num_classes unset to take the tree's")
+        raise DatasetError(
+            f"{root / CLASSES_FILE} lists {len(classes)} classes but model.num_classes is {job.model.num_classes}; "
+            "leave model.num_classes unset to take the tree's"
+        )
     val_dir = Path(data.val_dir) if data.val_dir is not None else root / "val"
     return PreparedTree(stats, classes, train_dir, val_dir)
 
@@ -64,7 +76,9 @@ def _use_dali(job: JobConfig) -> bool:
     from alexserve.data.dali_loader import DALI_IMPORT_ERROR
 
     if DALI_IMPORT_ERROR is not None:
-        warnings.warn(f"data.loader is 'dali' but DALI does not import ({DALI_IMPORT_ERROR}); using the PIL loader", stacklevel=3)
+        warnings.warn(
+            f"data.loader is 'dali' but DALI does not import ({DALI_IMPORT_ERROR}); using the PIL loader", stacklevel=3
+        )
         return False
     return True
 
@@ -91,7 +105,12 @@ def build_train_source(job: JobConfig, *, dp_rank: int = 0, dp_size: int = 1, de
     tree = open_prepared_tree(job)
     files: list[LabeledFile] = list_prepared_split(tree.train_dir, tree.classes)
     plan = train_plan(job, len(files), tree.stats, dp_rank, dp_size)
-    common = dict(input_size=job.model.input_size, prefetch_batches=job.data.prefetch_batches, device=device, dtype=_DTYPES[job.train.dtype])
+    common = dict(
+        input_size=job.model.input_size,
+        prefetch_batches=job.data.prefetch_batches,
+        device=device,
+        dtype=_DTYPES[job.train.dtype],
+    )
     if _use_dali(job):
         from alexserve.data.dali_loader import DaliTrainSource
 

@@ -2,8 +2,9 @@
 
 Each class is a smooth random colour pattern (a few blobs of colour upsampled
 from a 4x4 grid); an image is its class pattern at a random brightness plus
-pixel noise. Images are stored at `data.scale_size` like a prepared tree's, so training takes random crops and flips and evaluation takes the
-centre or ten crops, exactly like the folder loaders. Everything is a function
+pixel noise. Images are stored at `data.scale_size` like a prepared tree's,
+so training takes random crops and flips and evaluation takes the centre or
+ten crops, exactly like the folder loaders. Everything is a function
 of the seed, so both towers of a pair hold identical data without talking.
 """
 
@@ -38,7 +39,9 @@ def generate_images(job: JobConfig, count: int, split_seed: int) -> tuple[torch.
     size = stored_size(job)
     classes = job.model.num_classes or GENERATED_NUM_CLASSES
     patterns_rng = torch.Generator().manual_seed(job.train.seed * 7919 + 17)  # shared by train and val
-    patterns = F.interpolate(torch.randn(classes, 3, 4, 4, generator=patterns_rng), size=(size, size), mode="bicubic", align_corners=False)
+    patterns = F.interpolate(
+        torch.randn(classes, 3, 4, 4, generator=patterns_rng), size=(size, size), mode="bicubic", align_corners=False
+    )
     rng = torch.Generator().manual_seed(job.train.seed * 7919 + split_seed)
     labels = torch.randint(0, classes, (count,), generator=rng)
     brightness = 0.6 + 0.8 * torch.rand(count, 1, 1, 1, generator=rng)
@@ -85,7 +88,9 @@ class GeneratedTrainSource(TrainSource):
         tops = torch.randint(0, room + 1, (len(images),), generator=rng)
         lefts = torch.randint(0, room + 1, (len(images),), generator=rng)
         flips = torch.rand(len(images), generator=rng) < self.flip_probability
-        out = torch.stack([crop(img, int(t), int(l), self.crop_size) for img, t, l in zip(images, tops, lefts)])
+        out = torch.stack(
+            [crop(img, int(top), int(left), self.crop_size) for img, top, left in zip(images, tops, lefts)]
+        )
         out[flips] = out[flips].flip(-1)
         return out
 
@@ -118,7 +123,9 @@ class GeneratedEvalSource(EvalSource):
             yield images.to(self.device, self.dtype), self.labels[start : start + self.batch_size].to(self.device)
 
 
-def build_generated_train_source(job: JobConfig, *, dp_rank: int = 0, dp_size: int = 1, device: torch.device) -> TrainSource:
+def build_generated_train_source(
+    job: JobConfig, *, dp_rank: int = 0, dp_size: int = 1, device: torch.device
+) -> TrainSource:
     return GeneratedTrainSource(job, dp_rank, dp_size, device)
 
 

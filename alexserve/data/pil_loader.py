@@ -16,8 +16,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from alexserve.data.augment import TrainPlan, center_offset, ten_crop_offsets
-from alexserve.data.prepared_tree import LabeledFile
 from alexserve.data.prefetch import PrefetchSlot
+from alexserve.data.prepared_tree import LabeledFile
 from alexserve.data.source import EvalMode, EvalSource, TrainSource
 from alexserve.data.stats import DatasetStats
 
@@ -69,12 +69,22 @@ class _EvalSamples(Dataset):
 
 
 def _loader(dataset, batch_sampler, num_workers: int) -> DataLoader:
-    return DataLoader(dataset, batch_sampler=batch_sampler, num_workers=num_workers, prefetch_factor=2 if num_workers else None)
+    return DataLoader(
+        dataset, batch_sampler=batch_sampler, num_workers=num_workers, prefetch_factor=2 if num_workers else None
+    )
 
 
 class PilTrainSource(TrainSource):
     def __init__(
-        self, files: list[LabeledFile], plan: TrainPlan, *, input_size: int, num_workers: int, prefetch_batches: int, device, dtype
+        self,
+        files: list[LabeledFile],
+        plan: TrainPlan,
+        *,
+        input_size: int,
+        num_workers: int,
+        prefetch_batches: int,
+        device,
+        dtype,
     ):
         self._files, self._plan, self._size = files, plan, input_size
         self._workers, self._device, self._dtype = num_workers, device, dtype
@@ -110,7 +120,16 @@ class PilTrainSource(TrainSource):
 
 class PilEvalSource(EvalSource):
     def __init__(
-        self, files: list[LabeledFile], stats: DatasetStats, *, batch_size: int, input_size: int, num_workers: int, prefetch_batches: int, device, dtype
+        self,
+        files: list[LabeledFile],
+        stats: DatasetStats,
+        *,
+        batch_size: int,
+        input_size: int,
+        num_workers: int,
+        prefetch_batches: int,
+        device,
+        dtype,
     ):
         self._files, self._stats, self._size, self._batch = files, stats, input_size, batch_size
         self._workers, self._device, self._dtype = num_workers, device, dtype
@@ -123,7 +142,9 @@ class PilEvalSource(EvalSource):
 
     def _produce(self, mode: EvalMode):
         dataset = _EvalSamples(self._files, self._stats.mean_image, self._size, mode)
-        sampler = [list(range(i, min(i + self._batch, self.num_images))) for i in range(0, self.num_images, self._batch)]
+        sampler = [
+            list(range(i, min(i + self._batch, self.num_images))) for i in range(0, self.num_images, self._batch)
+        ]
         for images, labels in _loader(dataset, sampler, self._workers):
             yield images.to(self._device, self._dtype), labels.to(self._device)
 

@@ -207,7 +207,12 @@ PROGRESS_FORMAT = "{desc}: {percentage:3.0f}%|{bar:20}| {n_fmt}/{total_fmt} {rat
 
 def _progress(label: str, total: int) -> tqdm:
     return tqdm(
-        total=total, desc=label, unit=" images", file=sys.stderr, bar_format=PROGRESS_FORMAT, mininterval=0.5,
+        total=total,
+        desc=label,
+        unit=" images",
+        file=sys.stderr,
+        bar_format=PROGRESS_FORMAT,
+        mininterval=0.5,
         disable=total == 0,  # nothing left to do (a finished job re-run): no empty bar
     )
 
@@ -253,6 +258,7 @@ def prepare(
     dst.mkdir(parents=True, exist_ok=True)
     journal_path = dst / JOURNAL_FILE
     journal = _read_journal(journal_path)
+
     # A finished input is skipped only if its record matches this plan and, when it produced a file, the file exists.
     def finished(t: Task) -> bool:
         rec = journal.get(t.src)
@@ -277,7 +283,7 @@ def prepare(
                 progress.update()
 
         train_out = sorted(r["dst"] for r in records.values() if r["split"] == "train" and r["status"] != "rejected")
-        chunks = [train_out[i::workers * 4] for i in range(workers * 4)]
+        chunks = [train_out[i :: workers * 4] for i in range(workers * 4)]
         chunks = [c for c in chunks if c]
         total = StatsAccumulator(scale_size)
         with _progress("prepare: mean/PCA", len(train_out)) as progress:

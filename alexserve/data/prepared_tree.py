@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+
 from alexserve.durable import write_atomically
 
 STATS_FILE = "stats.npz"
@@ -64,18 +65,26 @@ def read_class_index(path: Path) -> list[ClassInfo]:
 def list_prepared_split(split_dir: Path, classes: list[ClassInfo]) -> list[LabeledFile]:
     """Every prepared image of one split, sorted by (class index, file name): a stable order to permute."""
     if not split_dir.is_dir():
-        raise DatasetError(f"{split_dir}: not a directory; run `alexserve prepare SRC DST` and point at DST/train or DST/val")
+        raise DatasetError(
+            f"{split_dir}: not a directory; run `alexserve prepare SRC DST` and point at DST/train or DST/val"
+        )
     by_synset = {c.synset: c.index for c in classes}
     files: list[LabeledFile] = []
     for entry in sorted(split_dir.iterdir()):
         if entry.name.startswith("."):
             continue
         if not entry.is_dir():
-            raise DatasetError(f"{entry}: a prepared split holds only class folders; was this tree made by `alexserve prepare`?")
+            raise DatasetError(
+                f"{entry}: a prepared split holds only class folders; was this tree made by `alexserve prepare`?"
+            )
         if entry.name not in by_synset:
             raise DatasetError(f"{entry}: class folder {entry.name!r} is not in the class index")
         label = by_synset[entry.name]
-        files += [LabeledFile(p, label) for p in sorted(entry.iterdir()) if p.suffix == PREPARED_SUFFIX and not p.name.startswith(".")]
+        files += [
+            LabeledFile(p, label)
+            for p in sorted(entry.iterdir())
+            if p.suffix == PREPARED_SUFFIX and not p.name.startswith(".")
+        ]
     if not files:
         raise DatasetError(f"{split_dir}: no prepared images ({PREPARED_SUFFIX}) found")
     return files

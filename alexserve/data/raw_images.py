@@ -33,7 +33,14 @@ def load_ten_crops(paths: Sequence[str | Path], mean_image: np.ndarray, input_si
             image = np.asarray(rescale_center_crop(load_rgb(Path(path)).image, scale))
         except BadImage as err:
             raise ValueError(f"{path}: {err}") from None
-        out.append(np.stack([crop_centred(image, mean_image, x, y, input_size, f) for x, y, f in ten_crop_offsets(scale, input_size)]))
+        out.append(
+            np.stack(
+                [
+                    crop_centred(image, mean_image, x, y, input_size, f)
+                    for x, y, f in ten_crop_offsets(scale, input_size)
+                ]
+            )
+        )
     if not out:
         return torch.empty((0, 10, 3, input_size, input_size))
     return torch.from_numpy(np.ascontiguousarray(np.stack(out)))

@@ -64,7 +64,7 @@ class DatasetStats:
         write_atomically(path, buf.getvalue())
 
     @classmethod
-    def load(cls, path: Path) -> "DatasetStats":
+    def load(cls, path: Path) -> DatasetStats:
         if not Path(path).is_file():
             raise DatasetError(
                 f"{path}: stats file (mean image and RGB PCA) not found; run `alexserve prepare SRC DST` "
@@ -111,7 +111,7 @@ class StatsAccumulator:
         self.num_images += 1
         self.num_pixels += px.shape[0]
 
-    def merge(self, other: "StatsAccumulator") -> None:
+    def merge(self, other: StatsAccumulator) -> None:
         self.image_sum += other.image_sum
         self.pixel_sum += other.pixel_sum
         self.pixel_outer += other.pixel_outer

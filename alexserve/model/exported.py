@@ -36,7 +36,9 @@ def load_exported(path: str | Path, map_location: str | torch.device = "cpu") ->
     except FileNotFoundError:
         raise ExportError(f"{path}: no such file") from None
     except Exception as err:  # torch raises several types for refused or damaged pickles
-        raise ExportError(f"{path}: not a loadable export ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from None
+        raise ExportError(
+            f"{path}: not a loadable export ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+        ) from None
     if not isinstance(content, dict) or content.get("format") != EXPORT_FORMAT:
         raise ExportError(f"{path}: not an alexserve export (expected format {EXPORT_FORMAT!r})")
     cfg = ModelConfig.model_validate(content["model_config"])

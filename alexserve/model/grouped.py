@@ -15,9 +15,9 @@ from torch import nn
 
 from alexserve.config import ModelConfig
 from alexserve.model.dropout import shared_dropout
-from alexserve.model.tower_split import join_tower_states, split_grouped_state
 from alexserve.model.lrn import PaperLRN
 from alexserve.model.tower import AlexNetTower
+from alexserve.model.tower_split import join_tower_states, split_grouped_state
 
 
 class AlexNetGrouped(nn.Module):
@@ -40,7 +40,7 @@ class AlexNetGrouped(nn.Module):
         self.pool = nn.MaxPool2d(cfg.pool_kernel, cfg.pool_stride)
 
     @classmethod
-    def from_seed(cls, cfg: ModelConfig, seed: int) -> "AlexNetGrouped":
+    def from_seed(cls, cfg: ModelConfig, seed: int) -> AlexNetGrouped:
         """The same initial weights the two tower processes draw for this seed."""
         towers = [AlexNetTower(cfg, t) for t in (0, 1)]
         for tower in towers:

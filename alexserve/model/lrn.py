@@ -47,4 +47,7 @@ class PaperLRN(nn.Module):
         return paper_lrn(x, self.size, self.alpha, self.beta, self.k, self.groups)
 
     def extra_repr(self) -> str:
-        return f"size={self.size}, torch alpha={self.alpha} ({self.convention}), beta={self.beta}, k={self.k}, groups={self.groups}"
+        return (
+            f"size={self.size}, torch alpha={self.alpha} ({self.convention}), beta={self.beta}, k={self.k}, "
+            f"groups={self.groups}"
+        )

@@ -42,8 +42,12 @@ def pair_mesh(topology: Topology, timeout_seconds: float) -> DeviceMesh:
     The mesh's groups get the job's timeout (by default a new group would wait 30 minutes for a dead rank).
     """
     options = _group_options(topology.backend, timedelta(seconds=timeout_seconds))
-    return init_device_mesh(topology.device.type, (topology.num_pairs, 2), mesh_dim_names=MESH_DIMS,
-                            backend_override={dim: (topology.backend, options) for dim in MESH_DIMS})
+    return init_device_mesh(
+        topology.device.type,
+        (topology.num_pairs, 2),
+        mesh_dim_names=MESH_DIMS,
+        backend_override={dim: (topology.backend, options) for dim in MESH_DIMS},
+    )
 
 
 def _group_options(backend: str, timeout: timedelta):
@@ -87,5 +91,6 @@ def gradient_sync_failures(model: torch.nn.Module, rank: int) -> Iterator[None]:
     except RuntimeError as err:
         if not (isinstance(err, dist.DistError) or "gloo" in str(err)):
             raise
-        raise PeerLostError(f"rank {rank} lost a peer during the data-parallel gradient all-reduce: "
-                            f"{first_line(err)}") from err
+        raise PeerLostError(
+            f"rank {rank} lost a peer during the data-parallel gradient all-reduce: {first_line(err)}"
+        ) from err

@@ -88,14 +88,16 @@ class ExchangeStats:
 class PeerExchange:
     """Swaps tensors with the other tower of this pair."""
 
-    def __init__(self, rank: int, peer: int, tower: int, group=None, stats: ExchangeStats | None = None,
-                 timed: bool = True):
+    def __init__(
+        self, rank: int, peer: int, tower: int, group=None, stats: ExchangeStats | None = None, timed: bool = True
+    ):
         self.rank, self.peer, self.tower, self.group = rank, peer, tower, group
         self.stats = stats if stats is not None else ExchangeStats()
         self.timed = timed
 
-    def swap(self, point: str, direction: str, local: torch.Tensor, peer_shape: torch.Size | None = None
-             ) -> torch.Tensor:
+    def swap(
+        self, point: str, direction: str, local: torch.Tensor, peer_shape: torch.Size | None = None
+    ) -> torch.Tensor:
         local = local.contiguous()
         shape = peer_shape if peer_shape is not None else local.shape
         received = torch.empty(shape, dtype=local.dtype, device=local.device)

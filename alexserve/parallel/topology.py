@@ -50,8 +50,10 @@ class Topology:
         return self.rank == 0
 
     def describe(self) -> str:
-        return (f"rank {self.rank}/{self.world_size} (pair {self.pair}, tower {self.tower}) "
-                f"on {self.device} via {self.backend}")
+        return (
+            f"rank {self.rank}/{self.world_size} (pair {self.pair}, tower {self.tower}) "
+            f"on {self.device} via {self.backend}"
+        )
 
 
 def _env_int(name: str, default: int | None = None) -> int:

@@ -31,8 +31,12 @@ class Action(enum.IntEnum):
     CHECKPOINT_NOW = 4
 
 
-_BY_KIND = {"pause": Action.PAUSE, "resume": Action.RESUME, "stop": Action.STOP,
-            "checkpoint_now": Action.CHECKPOINT_NOW}
+_BY_KIND = {
+    "pause": Action.PAUSE,
+    "resume": Action.RESUME,
+    "stop": Action.STOP,
+    "checkpoint_now": Action.CHECKPOINT_NOW,
+}
 _NO_COMMANDS = NoCommands()
 
 

@@ -68,8 +68,10 @@ class DivergenceGuard:
             self.first_loss = loss
         if loss > self.limit:
             start = max(self.uninformed_loss, self.first_loss)
-            return (f"the loss {loss:.4g} is over {self.factor:g} times its start ({start:.4g}, the larger of "
-                    f"ln(num_classes) and the first step's loss)")
+            return (
+                f"the loss {loss:.4g} is over {self.factor:g} times its start ({start:.4g}, the larger of "
+                f"ln(num_classes) and the first step's loss)"
+            )
         return None
 
 
@@ -78,8 +80,11 @@ def worst_loss_across_pairs(loss: float, topology: Topology) -> float:
     if topology.num_pairs == 1:
         return loss  # both towers of the pair hold this very value
     # MAX would not carry a NaN reliably, so it travels as a flag beside the largest non-NaN loss.
-    values = torch.tensor([1.0 if math.isnan(loss) else 0.0, -math.inf if math.isnan(loss) else loss],
-                          dtype=torch.float64, device=topology.device)
+    values = torch.tensor(
+        [1.0 if math.isnan(loss) else 0.0, -math.inf if math.isnan(loss) else loss],
+        dtype=torch.float64,
+        device=topology.device,
+    )
     with peers_required(topology.rank, "the all-reduce of the divergence check"):
         dist.all_reduce(values, op=dist.ReduceOp.MAX)
     return math.nan if values[0].item() > 0 else values[1].item()
@@ -94,8 +99,9 @@ def weights_finite(module: torch.nn.Module, topology: Topology) -> bool:
     return bad.item() == 0.0
 
 
-def diverged_message(problem: str, step: int, learning_rate: float, scheduled_rate: float, job: JobConfig,
-                     store: CheckpointStore) -> str:
+def diverged_message(
+    problem: str, step: int, learning_rate: float, scheduled_rate: float, job: JobConfig, store: CheckpointStore
+) -> str:
     """What happened, the checkpoint to go back to, and what to try.
 
     `learning_rate` is the rate of the step that diverged; `scheduled_rate` the schedule's, which a warmup
@@ -105,16 +111,20 @@ def diverged_message(problem: str, step: int, learning_rate: float, scheduled_ra
     if committed:
         newest = committed[-1]
         # A resume restores the schedule saved in the checkpoint, learning rate included: --set cannot lower it.
-        checkpoint = (f"newest good checkpoint: {newest.path} (step {newest.step}); `--resume` continues from it "
-                      "at the learning rate saved in it")
+        checkpoint = (
+            f"newest good checkpoint: {newest.path} (step {newest.step}); `--resume` continues from it "
+            "at the learning rate saved in it"
+        )
     else:
         checkpoint = f"newest good checkpoint: none yet (in {store.directory})"
     rate = f"learning rate {learning_rate:g}"
     if learning_rate < scheduled_rate:
         rate += f" (warming up to {scheduled_rate:g})"
-    return (f"training diverged at step {step}, {rate}: {problem}. Stopped there, nothing written after it; "
-            f"{checkpoint}. Try: a lower learning rate in a new run "
-            f"(--set optim.learning_rate={scheduled_rate / 10:g} --set train.run_dir=NEW_DIR); {_data_hint(job)}")
+    return (
+        f"training diverged at step {step}, {rate}: {problem}. Stopped there, nothing written after it; "
+        f"{checkpoint}. Try: a lower learning rate in a new run "
+        f"(--set optim.learning_rate={scheduled_rate / 10:g} --set train.run_dir=NEW_DIR); {_data_hint(job)}"
+    )
 
 
 def _data_hint(job: JobConfig) -> str:
@@ -122,8 +132,10 @@ def _data_hint(job: JobConfig) -> str:
         return "the data is generated (data.source: generated), so look at the settings rather than the data"
     root = Path(job.data.train_dir).parent
     stats = Path(job.data.stats_path) if job.data.stats_path is not None else root / "stats.npz"
-    return (f"check the data: the prepared tree's stats {stats} (mean image, RGB covariance: finite, in range) "
-            f"and {root / 'prepare_report.json'} (converted and rejected files)")
+    return (
+        f"check the data: the prepared tree's stats {stats} (mean image, RGB covariance: finite, in range) "
+        f"and {root / 'prepare_report.json'} (converted and rejected files)"
+    )
 
 
 def chance_error(num_classes: int) -> float:
@@ -142,14 +154,18 @@ def near_chance(top1_error: float, num_classes: int) -> bool:
 
 # At paper size the defaults are the paper's recipe, which needs many steps to leave its start (on the digits at 224
 # pixels it stayed at chance for 220 steps where the reduced-net recipe reached 0.08 error in 88): say how to switch.
-PAPER_RECIPE_HINT = ("; at paper size the defaults are the paper's N(0, 0.01) init, biases of 1 and raw pixels, which "
-                     "can stay at chance for hundreds of steps on a small set: try --set model.init_scheme=he "
-                     "--set 'model.init_bias_one_layers=[]' --set model.input_scaling=unit --set optim.warmup_epochs=1 "
-                     "(README, \"Departures\")")
+PAPER_RECIPE_HINT = (
+    "; at paper size the defaults are the paper's N(0, 0.01) init, biases of 1 and raw pixels, which "
+    "can stay at chance for hundreds of steps on a small set: try --set model.init_scheme=he "
+    "--set 'model.init_bias_one_layers=[]' --set model.input_scaling=unit --set optim.warmup_epochs=1 "
+    '(README, "Departures")'
+)
 
 
 def chance_warning(top1_error: float, num_classes: int, paper_sized: bool = False) -> str:
-    return (f"WARNING: validation top-1 error {top1_error:.3f} is at chance level for {num_classes} classes "
-            f"(guessing: {chance_error(num_classes):.3f}): the net did not learn; try a lower learning rate "
-            "(optim.learning_rate), more epochs, and check the data (labels, stats.npz, prepare_report.json)"
-            + (PAPER_RECIPE_HINT if paper_sized else ""))
+    return (
+        f"WARNING: validation top-1 error {top1_error:.3f} is at chance level for {num_classes} classes "
+        f"(guessing: {chance_error(num_classes):.3f}): the net did not learn; try a lower learning rate "
+        "(optim.learning_rate), more epochs, and check the data (labels, stats.npz, prepare_report.json)"
+        + (PAPER_RECIPE_HINT if paper_sized else "")
+    )

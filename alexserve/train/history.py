@@ -58,11 +58,14 @@ class EpochRecord:
         return json.dumps(dataclasses.asdict(self), allow_nan=True, sort_keys=True)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "EpochRecord":
+    def from_dict(cls, data: dict[str, Any]) -> EpochRecord:
         names = {f.name for f in dataclasses.fields(cls)}
         # Fields with a default may be absent: older histories were written without them.
-        optional = {f.name for f in dataclasses.fields(cls)
-                    if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
+        optional = {
+            f.name
+            for f in dataclasses.fields(cls)
+            if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+        }
         missing = names - set(data) - optional
         if missing:
             raise ValueError(f"missing fields {sorted(missing)}")

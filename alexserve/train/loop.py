@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 
@@ -89,8 +89,9 @@ class TrainerIO:
 
 
 class TowerTrainer:
-    def __init__(self, job: JobConfig, topology: Topology, learner: Learner, io: TrainerIO,
-                 position: Position | None = None):
+    def __init__(
+        self, job: JobConfig, topology: Topology, learner: Learner, io: TrainerIO, position: Position | None = None
+    ):
         self.job, self.topology = job, topology
         self.model, self.tower, self.exchange = learner.model, learner.tower, learner.exchange
         self.optimizer, self.schedule = learner.optimizer, learner.schedule
@@ -125,8 +126,16 @@ class TowerTrainer:
             raise self.diverged(problem)
 
     def diverged(self, problem: str) -> TrainingDiverged:
-        return TrainingDiverged(diverged_message(problem, self.position.global_step, self.learning_rate,
-                                                 self.schedule.lr, self.job, self.checkpointer.store))
+        return TrainingDiverged(
+            diverged_message(
+                problem,
+                self.position.global_step,
+                self.learning_rate,
+                self.schedule.lr,
+                self.job,
+                self.checkpointer.store,
+            )
+        )
 
     def checkpoint(self, why: str) -> None:
         # A finite loss was computed before the step's update: the weights it left may still be NaN or inf.
@@ -148,8 +157,10 @@ class TowerTrainer:
 
     @staticmethod
     def describe_eval(results: dict[str, EvalResult]) -> str:
-        return " | ".join(f"val {r.mode.replace('_', '-')}: top-1 err {r.top1_error:.3f}, "
-                          f"top-5 err {r.top5_error:.3f}" for r in results.values())
+        return " | ".join(
+            f"val {r.mode.replace('_', '-')}: top-1 err {r.top1_error:.3f}, top-5 err {r.top5_error:.3f}"
+            for r in results.values()
+        )
 
     # ---- commands
 
@@ -200,8 +211,11 @@ class TowerTrainer:
                 meter.data_wait_seconds = self.train_source.wait_seconds_total - wait_mark
                 meter.exchange_seconds = sum(e.seconds for e in exchanged.values())
                 self.say(meter.line(pos.epoch, cfg.num_epochs, pos.step_in_epoch, steps_per_epoch, self.learning_rate))
-                self.telemetry.interval(interval_summary(meter, pos.epoch, pos.global_step, self.learning_rate,
-                                                         exchanged, self.topology.device))
+                self.telemetry.interval(
+                    interval_summary(
+                        meter, pos.epoch, pos.global_step, self.learning_rate, exchanged, self.topology.device
+                    )
+                )
                 meter = IntervalMeter()
                 wait_mark = self.train_source.wait_seconds_total
             if epoch_done:
@@ -227,29 +241,38 @@ class TowerTrainer:
             self.say(f"validation error stopped improving: learning rate {scheduled_lr:g} -> {self.schedule.lr:g}")
         if self.history is not None:
             ten = results.get("ten_crop")
-            self.history.append(EpochRecord(
-                epoch=epoch + 1, step=pos.global_step, train_loss=totals.loss_sum / max(totals.images, 1),
-                train_top1_error=totals.top1_errors / max(totals.images, 1),
-                val_top1_error=results["center"].top1_error, val_top5_error=results["center"].top5_error,
-                val_top1_error_10crop=ten.top1_error if ten else None,
-                val_top5_error_10crop=ten.top5_error if ten else None,
-                lr=lr_used, epoch_seconds=totals.elapsed,
-                near_chance=near_chance(results["center"].top1_error, self.job.model.classes),
-            ))
+            self.history.append(
+                EpochRecord(
+                    epoch=epoch + 1,
+                    step=pos.global_step,
+                    train_loss=totals.loss_sum / max(totals.images, 1),
+                    train_top1_error=totals.top1_errors / max(totals.images, 1),
+                    val_top1_error=results["center"].top1_error,
+                    val_top5_error=results["center"].top5_error,
+                    val_top1_error_10crop=ten.top1_error if ten else None,
+                    val_top5_error_10crop=ten.top5_error if ten else None,
+                    lr=lr_used,
+                    epoch_seconds=totals.elapsed,
+                    near_chance=near_chance(results["center"].top1_error, self.job.model.classes),
+                )
+            )
             plot(self.job.train.run_dir)
         pos.epoch, pos.step_in_epoch = epoch + 1, 0
         self.checkpoint("epoch end")
         if self.schedule.should_stop:
-            self.say(f"the learning rate was reduced {self.job.optim.max_lr_reductions} times "
-                     "and stopped improving: done")
+            self.say(
+                f"the learning rate was reduced {self.job.optim.max_lr_reductions} times and stopped improving: done"
+            )
             return False
         return True
 
     def train(self) -> TrainOutcome:
         cfg, pos = self.job.train, self.position
-        self.say(f"training: {self.topology.describe()}; {self.train_source.steps_per_epoch} steps/epoch of "
-                 f"{cfg.batch_size} images; from epoch {pos.epoch + 1} step {pos.step_in_epoch} "
-                 f"(global step {pos.global_step})")
+        self.say(
+            f"training: {self.topology.describe()}; {self.train_source.steps_per_epoch} steps/epoch of "
+            f"{cfg.batch_size} images; from epoch {pos.epoch + 1} step {pos.step_in_epoch} "
+            f"(global step {pos.global_step})"
+        )
         self.report_state("running")
         while pos.epoch < cfg.num_epochs and (cfg.max_steps is None or pos.global_step < cfg.max_steps):
             ended = self.train_epoch()

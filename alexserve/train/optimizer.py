@@ -20,7 +20,7 @@ in the step.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 from torch.optim import Optimizer
@@ -45,7 +45,7 @@ class PaperSGD(Optimizer):
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
 
     @classmethod
-    def from_config(cls, params: Iterable, optim_cfg) -> "PaperSGD":
+    def from_config(cls, params: Iterable, optim_cfg) -> PaperSGD:
         """Built from an `OptimConfig` (learning_rate, momentum, weight_decay)."""
         return cls(params, lr=optim_cfg.learning_rate, momentum=optim_cfg.momentum, weight_decay=optim_cfg.weight_decay)
 

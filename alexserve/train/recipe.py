@@ -33,8 +33,10 @@ class ResolvedJob:
 
 def _measured_from_folder(job: JobConfig) -> dict[str, dict]:
     tree = open_prepared_tree(job)  # checks fields set by hand against the tree, naming both values
-    return {"model": {"num_classes": len(tree.classes), "pixel_std": tree.stats.centred_pixel_std()},
-            "data": {"scale_size": tree.stats.scale_size}}
+    return {
+        "model": {"num_classes": len(tree.classes), "pixel_std": tree.stats.centred_pixel_std()},
+        "data": {"scale_size": tree.stats.scale_size},
+    }
 
 
 def _measured_from_generator(job: JobConfig) -> dict[str, dict]:
@@ -42,11 +44,17 @@ def _measured_from_generator(job: JobConfig) -> dict[str, dict]:
 
     scale = stored_size(job)
     num_classes = job.model.num_classes or GENERATED_NUM_CLASSES
-    sized = job.model_copy(update={"data": job.data.model_copy(update={"scale_size": scale}),
-                                   "model": job.model.model_copy(update={"num_classes": num_classes})})
+    sized = job.model_copy(
+        update={
+            "data": job.data.model_copy(update={"scale_size": scale}),
+            "model": job.model.model_copy(update={"num_classes": num_classes}),
+        }
+    )
     images, _ = generate_images(sized, GENERATED_STD_SAMPLE, split_seed=1)
-    return {"model": {"num_classes": num_classes, "pixel_std": float(images.double().std())},
-            "data": {"scale_size": scale}}
+    return {
+        "model": {"num_classes": num_classes, "pixel_std": float(images.double().std())},
+        "data": {"scale_size": scale},
+    }
 
 
 def with_measurements(job: JobConfig) -> JobConfig:
@@ -73,11 +81,14 @@ def departures(job: JobConfig) -> list[str]:
         ones = ", ".join(model.bias_one_layers_used) or "none"
         lines.append(f"biases: 1 in {ones} instead of the paper's {', '.join(PAPER_BIAS_ONE_LAYERS)}; 0 elsewhere{why}")
     if model.input_scaling_used == "unit":
-        lines.append(f"input: centred pixels divided by the training set's pixel std ({model.pixel_std:.1f}), "
-                     f"instead of the paper's raw 0..255 values{why}")
+        lines.append(
+            f"input: centred pixels divided by the training set's pixel std ({model.pixel_std:.1f}), "
+            f"instead of the paper's raw 0..255 values{why}"
+        )
     if job.warmup_epochs_used > 0:
-        lines.append(f"learning rate: linear warmup over {job.warmup_epochs_used:g} epoch(s) "
-                     f"to {job.optim.learning_rate:g}{why}")
+        lines.append(
+            f"learning rate: linear warmup over {job.warmup_epochs_used:g} epoch(s) to {job.optim.learning_rate:g}{why}"
+        )
     if model.lrn_alpha_convention == "printed":
         lines.append("LRN: the paper's printed alpha (not divided by n), five times stronger than the authors' code")
     return lines

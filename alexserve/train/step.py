@@ -30,8 +30,9 @@ def summarize(loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) ->
     return StepResult(float(loss), topk_errors(logits, labels, 1), topk_errors(logits, labels, 5), len(labels))
 
 
-def tower_forward_logits(model: torch.nn.Module, exchange: PeerExchange, images: torch.Tensor,
-                         dropout_seed: int | None) -> torch.Tensor:
+def tower_forward_logits(
+    model: torch.nn.Module, exchange: PeerExchange, images: torch.Tensor, dropout_seed: int | None
+) -> torch.Tensor:
     """All classes' logits as seen by this tower (identical on both ranks).
 
     `model` is an `AlexNetTower`, or one in DDP across pairs (parallel/data_parallel.py).

@@ -19,8 +19,10 @@ def tower_payload(step: int, tower: int, numel: int = 1000) -> dict:
     value = float(step * 10 + tower)
     return {
         "model": {"conv1.weight": torch.full((numel,), value), "conv1.bias": torch.full((4,), value)},
-        "optim": {"state": {0: {"momentum_buffer": torch.full((numel,), -value)}},
-                  "param_groups": [{"lr": 0.01, "params": [0]}]},
+        "optim": {
+            "state": {0: {"momentum_buffer": torch.full((numel,), -value)}},
+            "param_groups": [{"lr": 0.01, "params": [0]}],
+        },
         "rng": capture_rng_state(),
     }
 
@@ -30,8 +32,10 @@ def job_config() -> dict:
 
 
 def shared_payload(step: int) -> dict:
-    return {"schedule": {"lr": 0.01, "best_error": float("inf")},
-            "data": {"epoch": step // 4, "step_in_epoch": step % 4, "global_step": step}}
+    return {
+        "schedule": {"lr": 0.01, "best_error": float("inf")},
+        "data": {"epoch": step // 4, "step_in_epoch": step % 4, "global_step": step},
+    }
 
 
 def write_checkpoint(store: CheckpointStore, step: int, numel: int = 1000) -> CheckpointRef:
@@ -41,8 +45,9 @@ def write_checkpoint(store: CheckpointStore, step: int, numel: int = 1000) -> Ch
 
 
 def assert_filled_with(tensor: torch.Tensor, value: float, what: str) -> None:
-    torch.testing.assert_close(tensor, torch.full_like(tensor, value), rtol=0, atol=0,
-                               msg=context(f"{what} is not all {value}"))
+    torch.testing.assert_close(
+        tensor, torch.full_like(tensor, value), rtol=0, atol=0, msg=context(f"{what} is not all {value}")
+    )
 
 
 def assert_is_step(store: CheckpointStore, ref: CheckpointRef, step: int) -> None:
@@ -51,8 +56,9 @@ def assert_is_step(store: CheckpointStore, ref: CheckpointRef, step: int) -> Non
     for tower, name in enumerate(TOWERS):
         payload = store.load(ref, name)
         assert_filled_with(payload["model"]["conv1.weight"], step * 10 + tower, f"step {step} {name} conv1.weight")
-        assert_filled_with(payload["optim"]["state"][0]["momentum_buffer"], -(step * 10 + tower),
-                           f"step {step} {name} momentum buffer")
+        assert_filled_with(
+            payload["optim"]["state"][0]["momentum_buffer"], -(step * 10 + tower), f"step {step} {name} momentum buffer"
+        )
     assert store.load_shared(ref)["data"]["global_step"] == step
     assert store.load_config(ref) == job_config()
 

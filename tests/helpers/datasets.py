@@ -52,21 +52,29 @@ def write_bad_files(folder: Path) -> dict[str, str]:
     }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def tiny_prepared_tree() -> tuple[Path, Path, dict[str, str]]:
     """(synth SRC, prepared DST, bad-file expectations); built once per process."""
     root = Path(tempfile.mkdtemp(prefix="alexserve-data-test-"))
     atexit.register(shutil.rmtree, root, True)
     src, dst = root / "src", root / "dst"
-    generate(src, num_classes=NUM_CLASSES, train_per_class=TRAIN_PER_CLASS, val_per_class=VAL_PER_CLASS, seed=3,
-             min_side=48, max_side=160)
+    generate(
+        src,
+        num_classes=NUM_CLASSES,
+        train_per_class=TRAIN_PER_CLASS,
+        val_per_class=VAL_PER_CLASS,
+        seed=3,
+        min_side=48,
+        max_side=160,
+    )
     bad = write_bad_files(next(p for p in sorted((src / "train").iterdir())))
     prepare(src, dst, scale_size=256, workers=2)
     return src, dst, bad
 
 
-def folder_job(dst: Path, *, loader: str = "dali", batch_size: int = 4, input_size: int = 224, seed: int = 0,
-               **data) -> JobConfig:
+def folder_job(
+    dst: Path, *, loader: str = "dali", batch_size: int = 4, input_size: int = 224, seed: int = 0, **data
+) -> JobConfig:
     return JobConfig(
         model=ModelConfig(num_classes=NUM_CLASSES, input_size=input_size),
         data=DataConfig(source="folder", train_dir=dst / "train", loader=loader, num_workers=1, **data),

@@ -23,9 +23,17 @@ def parity_model_config() -> ModelConfig:
     # Odd class count: exercises the uneven fc8 split (tower 0 holds one class more). A fixed-std init with every
     # bias 1 (not He, whose fc8 starts at 0 and would leave every gradient below fc8 zero at the first step) and a
     # pixel std of 2, so the input division is exercised too.
-    return ModelConfig(num_classes=7, width=0.125, input_size=67, conv1_padding=2, init_scheme="paper",
-                       init_weight_std=0.05, init_bias_one_layers=("conv2", "conv4", "conv5", "fc6", "fc7"),
-                       input_scaling="unit", pixel_std=2.0)
+    return ModelConfig(
+        num_classes=7,
+        width=0.125,
+        input_size=67,
+        conv1_padding=2,
+        init_scheme="paper",
+        init_weight_std=0.05,
+        init_bias_one_layers=("conv2", "conv4", "conv5", "fc6", "fc7"),
+        input_scaling="unit",
+        pixel_std=2.0,
+    )
 
 
 def make_batch(batch: int = 6) -> tuple[torch.Tensor, torch.Tensor]:

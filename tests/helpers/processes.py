@@ -45,8 +45,13 @@ def free_port() -> int:
 def rank_env(rank: int, world_size: int, port: int, **extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
-        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_WORLD_SIZE=str(world_size),
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1",
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        LOCAL_WORLD_SIZE=str(world_size),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        OMP_NUM_THREADS="1",
         PYTHONPATH=os.pathsep.join([str(REPO), str(TESTS), env.get("PYTHONPATH", "")]),
     )
     env.update(extra)
@@ -57,8 +62,13 @@ def start_ranks(argv: list[str], world_size: int, **extra: str) -> list[subproce
     """One real process per rank, rendezvous on a fresh loopback port."""
     port = free_port()
     return [
-        subprocess.Popen([sys.executable, *argv], env=rank_env(r, world_size, port, **extra),
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, *argv],
+            env=rank_env(r, world_size, port, **extra),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for r in range(world_size)
     ]
 
@@ -88,8 +98,9 @@ def wait_all(procs: list[subprocess.Popen], timeout: float) -> list[tuple[int, s
     pytest.fail(f"ranks still running after {timeout}s (a hang?):\n" + "\n".join(lines))
 
 
-def run_ranks(rank_fn: Callable[..., None], out_dir: Path, *, world_size: int = 2, timeout: float = 60,
-              **kwargs) -> list[tuple[int, str, str]]:
+def run_ranks(
+    rank_fn: Callable[..., None], out_dir: Path, *, world_size: int = 2, timeout: float = 60, **kwargs
+) -> list[tuple[int, str, str]]:
     """Runs `rank_fn(topology, out_dir, **kwargs)` in `world_size` rank processes over gloo; fails unless all exit 0.
 
     `rank_fn` is a module-level function of a test module that ends with `rank_main()` (see the module docstring);

@@ -127,6 +127,7 @@ def test_writer_killed_at_each_point_leaves_old_or_new_never_a_torn_checkpoint(t
         assert list((directory / ckpt.STAGING).iterdir()) == []
         assert not [p for p in directory.rglob("*") if ".tmp-" in p.name]
 
+
 # ---------------------------------------------------------------- a real process, killed while writing big shards
 
 

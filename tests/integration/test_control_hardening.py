@@ -14,11 +14,11 @@ import time
 
 import pytest
 import zmq
-from helpers.supervisor import cleanup, free_port, start_supervisor, supervisor_env
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from alexserve.supervisor.control_messages import MAX_REQUEST_BYTES, SOCKET_MAX_MESSAGE_BYTES
+from helpers.supervisor import cleanup, free_port, start_supervisor, supervisor_env
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -31,8 +31,17 @@ def first_batches(prepared: Path) -> list[str]:
 def test_towers_in_separate_processes_agree():
     _, dst, _ = tiny_prepared_tree()
     env = {"PYTHONPATH": os.pathsep.join([str(REPO), str(TESTS)]), "PATH": ""}
-    procs = [subprocess.Popen([sys.executable, __file__, str(dst)], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, __file__, str(dst)],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     results = []
     for tower, (code, out, err) in enumerate(wait_all(procs, timeout=120)):
         assert code == 0, f"tower {tower}'s process exited {code}:\n{err[-3000:]}"

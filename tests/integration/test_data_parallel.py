@@ -41,8 +41,9 @@ def test_two_pairs_step_equals_one_pair_on_the_concatenated_batch(tmp_path):
 
 
 def run_worker(world_size: int, run_dir: Path, *extra: str) -> list[tuple[int, str, str]]:
-    procs = start_ranks(["-m", "alexserve.worker", *CHECKPOINTED_JOB, "--set", f"train.run_dir={run_dir}", *extra],
-                        world_size)
+    procs = start_ranks(
+        ["-m", "alexserve.worker", *CHECKPOINTED_JOB, "--set", f"train.run_dir={run_dir}", *extra], world_size
+    )
     results = wait_all(procs, timeout=240)
     for rank, (code, _, err) in enumerate(results):
         assert code == 0, f"rank {rank}: {err[-2000:]}"

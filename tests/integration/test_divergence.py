@@ -42,8 +42,10 @@ def rank_pairs_disagree(topology: Topology, out: Path) -> None:
         with torch.no_grad():
             module.weight[0, 0] = math.inf
     finite_after = weights_finite(module, topology)
-    torch.save({"worst": worst, "nan": nan, "finite_before": finite_before, "finite_after": finite_after},
-               out / f"rank{topology.rank}.pt")
+    torch.save(
+        {"worst": worst, "nan": nan, "finite_before": finite_before, "finite_after": finite_after},
+        out / f"rank{topology.rank}.pt",
+    )
 
 
 def test_every_rank_judges_the_same_loss_and_weights_across_pairs(tmp_path):
@@ -62,10 +64,29 @@ def test_every_rank_judges_the_same_loss_and_weights_across_pairs(tmp_path):
 def diverging_run(tmp_path: Path, world_size: int, *overrides: str, timeout: float = 240) -> list[tuple[int, str, str]]:
     """The demo config (its data made in tmp_path/runs/demo) in `world_size` worker processes at learning rate 100."""
     port = free_port()
-    argv = [sys.executable, "-m", "alexserve.worker", "--set", "optim.learning_rate=100", "--set", "train.max_steps=20",
-            "--set", "train.checkpoint_every_steps=1", *overrides]
-    procs = [subprocess.Popen(argv, env=rank_env(r, world_size, port), cwd=tmp_path, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for r in range(world_size)]
+    argv = [
+        sys.executable,
+        "-m",
+        "alexserve.worker",
+        "--set",
+        "optim.learning_rate=100",
+        "--set",
+        "train.max_steps=20",
+        "--set",
+        "train.checkpoint_every_steps=1",
+        *overrides,
+    ]
+    procs = [
+        subprocess.Popen(
+            argv,
+            env=rank_env(r, world_size, port),
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for r in range(world_size)
+    ]
     return wait_all(procs, timeout)
 
 
@@ -100,9 +121,20 @@ def test_demo_config_at_learning_rate_100_exits_4_with_the_message(tmp_path):
 def test_two_pairs_stop_together_without_waiting_for_the_timeout(tmp_path):
     # Generated data: the pairs read different shards, so their losses differ. A rank left waiting in a
     # collective would give up after the 20 s group timeout with exit code 3, not 4.
-    small = ["--set", "data.source=generated", "--set", "data.generated_train_images=256",
-             "--set", "data.generated_val_images=32", "--set", "train.batch_size=16",
-             "--set", f"train.run_dir={tmp_path / 'run'}", "--set", "dist.timeout_seconds=20"]
+    small = [
+        "--set",
+        "data.source=generated",
+        "--set",
+        "data.generated_train_images=256",
+        "--set",
+        "data.generated_val_images=32",
+        "--set",
+        "train.batch_size=16",
+        "--set",
+        f"train.run_dir={tmp_path / 'run'}",
+        "--set",
+        "dist.timeout_seconds=20",
+    ]
     results = diverging_run(tmp_path, 4, *small)
     check_diverged(results, tmp_path / "run" / "checkpoints")
 
@@ -110,13 +142,31 @@ def test_two_pairs_stop_together_without_waiting_for_the_timeout(tmp_path):
 def test_a_run_that_does_not_learn_says_so_in_its_final_line_and_history(tmp_path):
     run_dir = tmp_path / "run"
     port = free_port()
-    argv = [sys.executable, "-m", "alexserve.worker", "--set", "data.source=generated",
-            "--set", "data.generated_train_images=128", "--set", "data.generated_val_images=64",
-            "--set", "train.batch_size=32", "--set", "train.num_epochs=1",
-            "--set", "optim.learning_rate=1e-9",  # a rate that cannot learn anything
-            "--set", f"train.run_dir={run_dir}"]
-    procs = [subprocess.Popen(argv, env=rank_env(r, 2, port), cwd=tmp_path, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for r in range(2)]
+    argv = [
+        sys.executable,
+        "-m",
+        "alexserve.worker",
+        "--set",
+        "data.source=generated",
+        "--set",
+        "data.generated_train_images=128",
+        "--set",
+        "data.generated_val_images=64",
+        "--set",
+        "train.batch_size=32",
+        "--set",
+        "train.num_epochs=1",
+        "--set",
+        "optim.learning_rate=1e-9",  # a rate that cannot learn anything
+        "--set",
+        f"train.run_dir={run_dir}",
+    ]
+    procs = [
+        subprocess.Popen(
+            argv, env=rank_env(r, 2, port), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for r in range(2)
+    ]
     (code, _, err), _ = wait_all(procs, 240)
     assert code == 0, err[-3000:]
     final = [line for line in err.splitlines() if line.startswith("final:")]
@@ -135,8 +185,9 @@ def test_supervised_job_that_diverges_fails_with_the_reason_and_no_restart(super
     def metric(name: str, labels: dict | None = None) -> float:
         with urllib.request.urlopen(supervisor.metrics_url, timeout=5) as r:
             families = text_string_to_metric_families(r.read().decode())
-        return next(s.value for f in families for s in f.samples
-                    if s.name == name and (labels is None or s.labels == labels))
+        return next(
+            s.value for f in families for s in f.samples if s.name == name and (labels is None or s.labels == labels)
+        )
 
     spec = tiny_spec(40, name="diverges", max_restarts=2)
     spec["config"]["optim"]["learning_rate"] = 100

@@ -25,22 +25,47 @@ def run(argv: list[str], timeout: float, env: dict[str, str]) -> subprocess.Comp
 def test_synth_dataset_is_learned_to_under_ten_percent_error(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     cli = [sys.executable, "-m", "alexserve"]
-    run([*cli, "synth", str(tmp_path / "raw"), "--classes", "10", "--train-per-class", "160", "--val-per-class", "30"],
-        timeout=120, env=env)
-    run([*cli, "prepare", str(tmp_path / "raw"), str(tmp_path / "prepared"), "--scale-size", "73", "--workers", "2"],
-        timeout=120, env=env)
+    run(
+        [*cli, "synth", str(tmp_path / "raw"), "--classes", "10", "--train-per-class", "160", "--val-per-class", "30"],
+        timeout=120,
+        env=env,
+    )
+    run(
+        [*cli, "prepare", str(tmp_path / "raw"), str(tmp_path / "prepared"), "--scale-size", "73", "--workers", "2"],
+        timeout=120,
+        env=env,
+    )
     run_dir = tmp_path / "run"
     began = time.monotonic()
-    run([*TORCHRUN_PAIR, "-m", "alexserve.worker", "--set", "data.source=folder",
-         "--set", f"data.train_dir={tmp_path / 'prepared' / 'train'}", "--set", "data.scale_size=73",
-         "--set", "data.loader=dali", "--set", f"train.run_dir={run_dir}", "--set", "train.num_epochs=5"],
-        timeout=600, env=env)
+    run(
+        [
+            *TORCHRUN_PAIR,
+            "-m",
+            "alexserve.worker",
+            "--set",
+            "data.source=folder",
+            "--set",
+            f"data.train_dir={tmp_path / 'prepared' / 'train'}",
+            "--set",
+            "data.scale_size=73",
+            "--set",
+            "data.loader=dali",
+            "--set",
+            f"train.run_dir={run_dir}",
+            "--set",
+            "train.num_epochs=5",
+        ],
+        timeout=600,
+        env=env,
+    )
     minutes = (time.monotonic() - began) / 60
     history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
     assert len(history) == 5
     final = history[-1]
-    print(f"val top-1 error {final['val_top1_error']:.3f} (10-crop {final['val_top1_error_10crop']:.3f}) "
-          f"after {minutes:.1f} min")
+    print(
+        f"val top-1 error {final['val_top1_error']:.3f} (10-crop {final['val_top1_error_10crop']:.3f}) "
+        f"after {minutes:.1f} min"
+    )
     assert final["val_top1_error"] < 0.10 and minutes < 10
     assert history[0]["train_loss"] > final["train_loss"]
     assert (run_dir / "history.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -72,18 +97,41 @@ def test_real_digits_are_learned_with_the_defaults(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     cli = [sys.executable, "-m", "alexserve"]
     run([*cli, "digits", str(tmp_path / "raw")], timeout=120, env=env)
-    run([*cli, "prepare", str(tmp_path / "raw"), str(tmp_path / "prepared"), "--scale-size", "73", "--workers", "2"],
-        timeout=120, env=env)
+    run(
+        [*cli, "prepare", str(tmp_path / "raw"), str(tmp_path / "prepared"), "--scale-size", "73", "--workers", "2"],
+        timeout=120,
+        env=env,
+    )
     run_dir = tmp_path / "run"
-    train = run([*TORCHRUN_PAIR, "-m", "alexserve.worker", "--set", "data.source=folder",
-                 "--set", f"data.train_dir={tmp_path / 'prepared' / 'train'}", "--set", "model.width=0.25",
-                 "--set", "model.input_size=64", "--set", "train.batch_size=64", "--set", "train.num_epochs=12",
-                 "--set", f"train.run_dir={run_dir}"],
-                timeout=900, env=env)
+    train = run(
+        [
+            *TORCHRUN_PAIR,
+            "-m",
+            "alexserve.worker",
+            "--set",
+            "data.source=folder",
+            "--set",
+            f"data.train_dir={tmp_path / 'prepared' / 'train'}",
+            "--set",
+            "model.width=0.25",
+            "--set",
+            "model.input_size=64",
+            "--set",
+            "train.batch_size=64",
+            "--set",
+            "train.num_epochs=12",
+            "--set",
+            f"train.run_dir={run_dir}",
+        ],
+        timeout=900,
+        env=env,
+    )
     assert "departures from the paper" in train.stderr and "learning rate: linear warmup" in train.stderr
     history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
     final = history[-1]
-    print(f"digits: val top-1 error {final['val_top1_error']:.3f} (10-crop {final['val_top1_error_10crop']:.3f}), "
-          f"best {min(h['val_top1_error'] for h in history):.3f}")
+    print(
+        f"digits: val top-1 error {final['val_top1_error']:.3f} (10-crop {final['val_top1_error_10crop']:.3f}), "
+        f"best {min(h['val_top1_error'] for h in history):.3f}"
+    )
     assert final["val_top1_error_10crop"] <= 0.15 and final["val_top1_error"] <= 0.15
     assert not final["near_chance"]

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from helpers.supervisor import REPO, free_port, require_prometheus, supervisor, tiny_spec, wait_until  # noqa: F401
 
 DEPLOY_CONFIG = REPO / "deploy" / "prometheus.yml"

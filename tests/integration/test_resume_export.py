@@ -41,12 +41,17 @@ def final_state(run_dir: Path) -> dict[str, dict]:
 def assert_bit_identical(expected: dict, resumed: dict) -> None:
     for name in SHARD_NAMES:
         for key, value in expected[name]["model"].items():
-            torch.testing.assert_close(resumed[name]["model"][key], value, rtol=0, atol=0,
-                                       msg=context(f"{name} {key} differs after resume"))
+            torch.testing.assert_close(
+                resumed[name]["model"][key], value, rtol=0, atol=0, msg=context(f"{name} {key} differs after resume")
+            )
         for index, state in expected[name]["optimizer"]["state"].items():
-            torch.testing.assert_close(resumed[name]["optimizer"]["state"][index]["momentum_buffer"],
-                                       state["momentum_buffer"], rtol=0, atol=0,
-                                       msg=context(f"{name} momentum buffer {index} differs after resume"))
+            torch.testing.assert_close(
+                resumed[name]["optimizer"]["state"][index]["momentum_buffer"],
+                state["momentum_buffer"],
+                rtol=0,
+                atol=0,
+                msg=context(f"{name} momentum buffer {index} differs after resume"),
+            )
 
 
 def history_without_times(run_dir: Path) -> list[str]:
@@ -122,8 +127,12 @@ def rank_checkpoint_logits(topology: Topology, out: Path, checkpoints: str) -> N
 
 def test_export_loads_alone_and_gives_the_towers_logits(uninterrupted, tmp_path):
     out = tmp_path / "alexnet.pt"
-    subprocess.run([sys.executable, "-m", "alexserve", "export", str(uninterrupted / "checkpoints"), str(out)],
-                   check=True, cwd=REPO, timeout=60)
+    subprocess.run(
+        [sys.executable, "-m", "alexserve", "export", str(uninterrupted / "checkpoints"), str(out)],
+        check=True,
+        cwd=REPO,
+        timeout=60,
+    )
     # Loadable with torch alone (weights_only), and into the grouped model.
     raw = torch.load(out, weights_only=True)
     assert raw["step"] == 16 and raw["state_dict"]["fc8.weight"].shape == (10, 2 * 256)
@@ -132,10 +141,16 @@ def test_export_loads_alone_and_gives_the_towers_logits(uninterrupted, tmp_path)
     towers = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     with torch.no_grad():
         grouped = model(towers[0]["images"])
-    torch.testing.assert_close(grouped, towers[0]["logits"], rtol=1e-5, atol=1e-5,
-                               msg=context("the exported model's logits differ from the towers'"))
-    torch.testing.assert_close(towers[1]["logits"], towers[0]["logits"], rtol=0, atol=0,
-                               msg=context("the two towers' logits differ"))
+    torch.testing.assert_close(
+        grouped,
+        towers[0]["logits"],
+        rtol=1e-5,
+        atol=1e-5,
+        msg=context("the exported model's logits differ from the towers'"),
+    )
+    torch.testing.assert_close(
+        towers[1]["logits"], towers[0]["logits"], rtol=0, atol=0, msg=context("the two towers' logits differ")
+    )
 
 
 if __name__ == "__main__":

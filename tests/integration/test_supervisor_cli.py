@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+
 from helpers.supervisor import supervisor, supervisor_env  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.timeout(120)

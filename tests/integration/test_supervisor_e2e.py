@@ -14,6 +14,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from alexserve.checkpoint.naming import newest_committed_step
+from alexserve.supervisor.process import marked_processes
 from helpers.supervisor import (  # noqa: F401 (fixture)
     cleanup,
     start_supervisor,
@@ -22,10 +26,6 @@ from helpers.supervisor import (  # noqa: F401 (fixture)
     wait_until,
     worker_pids,
 )
-from prometheus_client.parser import text_string_to_metric_families
-
-from alexserve.checkpoint.naming import newest_committed_step
-from alexserve.supervisor.process import marked_processes
 
 pytestmark = pytest.mark.timeout(180)
 BATCH = 8

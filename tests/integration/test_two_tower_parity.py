@@ -42,8 +42,10 @@ def rank_gradients(topology: Topology, out: Path, dropout_seed: int | None) -> N
     loss.backward()
     stats = {f"{point}/{direction}": (e.seconds, e.bytes) for (point, direction), e in exchange.stats.take().items()}
     grads = {name: p.grad for name, p in tower.named_parameters()}
-    torch.save({"logits": logits.detach(), "loss": loss.detach(), "grads": grads, "stats": stats},
-               out / f"rank{topology.rank}.pt")
+    torch.save(
+        {"logits": logits.detach(), "loss": loss.detach(), "grads": grads, "stats": stats},
+        out / f"rank{topology.rank}.pt",
+    )
 
 
 def rank_sgd_steps(topology: Topology, out: Path) -> None:
@@ -51,8 +53,9 @@ def rank_sgd_steps(topology: Topology, out: Path) -> None:
     tower, exchange = parity_tower(topology)
     optimizer = PaperSGD(tower.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     images, labels = make_batch()
-    losses = [tower_train_step(tower, exchange, optimizer, images, labels, DROPOUT_SEED + step).loss
-              for step in range(2)]
+    losses = [
+        tower_train_step(tower, exchange, optimizer, images, labels, DROPOUT_SEED + step).loss for step in range(2)
+    ]
     torch.save({"weights": tower.state_dict(), "losses": losses}, out / f"rank{topology.rank}.pt")
 
 
@@ -108,8 +111,13 @@ def test_sgd_steps_land_on_the_same_weights(tmp_path):
     images, labels = make_batch()
     losses = [grouped_train_step(model, optimizer, images, labels, DROPOUT_SEED + step).loss for step in range(2)]
     assert ranks[0]["losses"] == ranks[1]["losses"]  # both ranks compute the identical loss
-    torch.testing.assert_close(ranks[0]["losses"][1], losses[1], rtol=RTOL, atol=0,
-                               msg=context("the second step's loss differs from the reference"))
+    torch.testing.assert_close(
+        ranks[0]["losses"][1],
+        losses[1],
+        rtol=RTOL,
+        atol=0,
+        msg=context("the second step's loss differs from the reference"),
+    )
     weights = join_tower_states(model.cfg, [r["weights"] for r in ranks])
     moved = 0.0
     start = AlexNetGrouped.from_seed(parity_model_config(), SEED).double().state_dict()

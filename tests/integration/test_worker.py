@@ -20,9 +20,20 @@ from alexserve.train.schedule import PlateauSchedule
 from helpers.parity import parity_model_config, parity_tower
 from helpers.processes import REPO, rank_main, run_ranks, start_ranks, wait_all
 
-SMALL = ["--set", "data.source=generated", "--set", "model.width=0.125", "--set", "model.input_size=64",
-         "--set", "data.generated_train_images=256", "--set", "data.generated_val_images=64",
-         "--set", "train.batch_size=32"]
+SMALL = [
+    "--set",
+    "data.source=generated",
+    "--set",
+    "model.width=0.125",
+    "--set",
+    "model.input_size=64",
+    "--set",
+    "data.generated_train_images=256",
+    "--set",
+    "data.generated_val_images=64",
+    "--set",
+    "train.batch_size=32",
+]
 
 
 def wait_for_line(proc: subprocess.Popen, needle: str, timeout: float) -> str:
@@ -41,9 +52,22 @@ def wait_for_line(proc: subprocess.Popen, needle: str, timeout: float) -> str:
 @pytest.mark.parametrize("how", ["killed", "frozen"])
 def test_survivor_exits_naming_peer_and_point_within_timeout(tmp_path, how):
     timeout = 8
-    procs = start_ranks(["-m", "alexserve.worker", *SMALL, "--set", "train.max_steps=100000",
-                         "--set", "train.log_every_steps=1", "--set", f"dist.timeout_seconds={timeout}",
-                         "--set", f"train.run_dir={tmp_path}"], 2)
+    procs = start_ranks(
+        [
+            "-m",
+            "alexserve.worker",
+            *SMALL,
+            "--set",
+            "train.max_steps=100000",
+            "--set",
+            "train.log_every_steps=1",
+            "--set",
+            f"dist.timeout_seconds={timeout}",
+            "--set",
+            f"train.run_dir={tmp_path}",
+        ],
+        2,
+    )
     try:
         wait_for_line(procs[0], "step", timeout=60)
         victim = procs[1]
@@ -65,8 +89,22 @@ def test_survivor_exits_naming_peer_and_point_within_timeout(tmp_path, how):
 def test_demo_runs_under_torchrun_and_reports_final_errors(tmp_path):
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone"]
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    proc = subprocess.run([*torchrun, "-m", "alexserve.worker", *SMALL, "--set", "train.num_epochs=2",
-                           "--set", f"train.run_dir={tmp_path}"], env=env, capture_output=True, text=True, timeout=240)
+    proc = subprocess.run(
+        [
+            *torchrun,
+            "-m",
+            "alexserve.worker",
+            *SMALL,
+            "--set",
+            "train.num_epochs=2",
+            "--set",
+            f"train.run_dir={tmp_path}",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "epoch 2/2 step 8/8" in proc.stderr
     final = [line for line in proc.stderr.splitlines() if "final:" in line]
@@ -87,8 +125,9 @@ def rank_barrier_after_peer_exit(topology: Topology, out: Path) -> None:
     tower, _ = parity_tower(topology)
     if topology.rank == 1:
         os._exit(0)
-    job = JobConfig.model_validate({"model": parity_model_config().model_dump(mode="json"),
-                                    "train": {"run_dir": str(out)}})
+    job = JobConfig.model_validate(
+        {"model": parity_model_config().model_dump(mode="json"), "train": {"run_dir": str(out)}}
+    )
     optimizer = PaperSGD(tower.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     try:
         checkpointer = RunCheckpointer(job, topology, open_store(job))

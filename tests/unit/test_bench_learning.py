@@ -12,9 +12,18 @@ from alexserve.train.history import EpochRecord, History, read_history
 
 
 def record(epoch: int, error: float, seconds: float) -> EpochRecord:
-    return EpochRecord(epoch=epoch, step=10 * epoch, train_loss=1.0, train_top1_error=0.5, val_top1_error=error,
-                       val_top5_error=0.0, val_top1_error_10crop=None, val_top5_error_10crop=None, lr=0.01,
-                       epoch_seconds=seconds)
+    return EpochRecord(
+        epoch=epoch,
+        step=10 * epoch,
+        train_loss=1.0,
+        train_top1_error=0.5,
+        val_top1_error=error,
+        val_top5_error=0.0,
+        val_top1_error_10crop=None,
+        val_top5_error_10crop=None,
+        lr=0.01,
+        epoch_seconds=seconds,
+    )
 
 
 def test_time_to_target_is_the_sum_up_to_the_first_epoch_at_or_below_it():
@@ -42,9 +51,19 @@ def test_the_pair_gets_only_user_level_settings(tmp_path: Path):
     """Everything but data, classes, width, input, batch, epochs and run dir is the worker's default job."""
     args = learning.parse_args(["--width", "0.5", "--epochs", "3", "--input-size", "80", "--batch-size", "32"])
     settings = learning.user_settings(args, tmp_path / "prepared", tmp_path / "run")
-    assert sorted(s.split("=")[0] for s in settings) == sorted([
-        "data.source", "data.train_dir", "data.scale_size", "model.num_classes", "model.width", "model.input_size",
-        "train.batch_size", "train.num_epochs", "train.run_dir"])
+    assert sorted(s.split("=")[0] for s in settings) == sorted(
+        [
+            "data.source",
+            "data.train_dir",
+            "data.scale_size",
+            "model.num_classes",
+            "model.width",
+            "model.input_size",
+            "train.batch_size",
+            "train.num_epochs",
+            "train.run_dir",
+        ]
+    )
     job, default = load_config(None, settings), demo_config()
     assert (job.model.width, job.model.input_size, job.train.batch_size, job.train.num_epochs) == (0.5, 80, 32, 3)
     assert job.data.scale_size == 91  # the paper's 256:224
@@ -65,9 +84,20 @@ def test_single_process_loop_warms_up_and_records_every_epoch():
     """The single-process loop on generated data: one record per epoch, the warmup ramp, finite errors."""
     from alexserve.train.recipe import resolve_job
 
-    job = resolve_job(load_config(None, [
-        "data.source=generated", "data.generated_train_images=96", "data.generated_val_images=32", "model.width=0.25",
-        "model.input_size=64", "train.batch_size=32", "train.num_epochs=2"])).job
+    job = resolve_job(
+        load_config(
+            None,
+            [
+                "data.source=generated",
+                "data.generated_train_images=96",
+                "data.generated_val_images=32",
+                "model.width=0.25",
+                "model.input_size=64",
+                "train.batch_size=32",
+                "train.num_epochs=2",
+            ],
+        )
+    ).job
     lines = []
     records = learning.train_grouped(job, log=lines.append)
     assert [r.epoch for r in records] == [1, 2] and [r.step for r in records] == [3, 6]

@@ -1,4 +1,4 @@
-"""Every config field has an upper bound where a huge value only wastes memory or processes, and no number is non-finite."""
+"""Every config field is bounded where a huge value only wastes memory or processes; no number may be non-finite."""
 
 from __future__ import annotations
 

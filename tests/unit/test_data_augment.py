@@ -35,8 +35,9 @@ def test_lighting_offsets_have_the_papers_distribution():
 
 
 def test_crops_cover_every_legal_offset_and_flips_are_half():
-    p = draw_epoch(100_000, seed=2, epoch=3, max_offset=256 - 224, flip_probability=0.5, pca_lighting_std=0.1,
-                   stats=make_stats())
+    p = draw_epoch(
+        100_000, seed=2, epoch=3, max_offset=256 - 224, flip_probability=0.5, pca_lighting_std=0.1, stats=make_stats()
+    )
     for axis in (p.crop_x, p.crop_y):
         assert set(np.unique(axis).tolist()) == set(range(33))
     assert abs(p.flip.mean() - 0.5) < 0.01
@@ -77,6 +78,14 @@ def test_too_few_images_names_the_problem():
 
 def test_ten_crop_offsets():
     assert ten_crop_offsets(256, 224) == [
-        (0, 0, False), (32, 0, False), (0, 32, False), (32, 32, False), (16, 16, False),
-        (0, 0, True), (32, 0, True), (0, 32, True), (32, 32, True), (16, 16, True),
+        (0, 0, False),
+        (32, 0, False),
+        (0, 32, False),
+        (32, 32, False),
+        (16, 16, False),
+        (0, 0, True),
+        (32, 0, True),
+        (0, 32, True),
+        (32, 32, True),
+        (16, 16, True),
     ]

@@ -27,8 +27,9 @@ def test_layout_sizes_and_labels(tmp_path: Path):
 
 def test_same_seed_same_bytes_other_seed_differs(tmp_path: Path):
     for name, seed in (("a", 5), ("b", 5), ("c", 6)):
-        generate(tmp_path / name, num_classes=2, train_per_class=2, val_per_class=0, seed=seed,
-                 min_side=32, max_side=64)
+        generate(
+            tmp_path / name, num_classes=2, train_per_class=2, val_per_class=0, seed=seed, min_side=32, max_side=64
+        )
     f = Path("train") / synset_id(1) / f"{synset_id(1)}_1.JPEG"
     assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes()
     assert (tmp_path / "a" / f).read_bytes() != (tmp_path / "c" / f).read_bytes()

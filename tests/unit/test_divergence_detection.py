@@ -70,11 +70,20 @@ def test_factor_is_validated():
 # ------------------------------------------------------------------ chance level and the history
 
 
-@pytest.mark.parametrize("error, classes, expected", [
-    (0.90, 10, True), (0.81, 10, True), (0.80, 10, False), (0.30, 10, False), (math.nan, 10, True),
-    (0.999, 1000, True), (0.997, 1000, False),
-    (0.30, 2, True), (0.20, 2, False),  # 2 classes: twice chance is perfection, so the bar is 75% accuracy
-])
+@pytest.mark.parametrize(
+    "error, classes, expected",
+    [
+        (0.90, 10, True),
+        (0.81, 10, True),
+        (0.80, 10, False),
+        (0.30, 10, False),
+        (math.nan, 10, True),
+        (0.999, 1000, True),
+        (0.997, 1000, False),
+        (0.30, 2, True),
+        (0.20, 2, False),  # 2 classes: twice chance is perfection, so the bar is 75% accuracy
+    ],
+)
 def test_near_chance(error, classes, expected):
     assert near_chance(error, classes) is expected
 
@@ -88,8 +97,17 @@ def test_chance_warning_at_paper_size_says_how_to_leave_the_papers_recipe():
 
 
 def test_history_records_near_chance_and_reads_older_lines(tmp_path):
-    fields = dict(step=8, train_loss=2.3, train_top1_error=0.9, val_top1_error=0.9, val_top5_error=0.5,
-                  val_top1_error_10crop=None, val_top5_error_10crop=None, lr=0.01, epoch_seconds=1.0)
+    fields = dict(
+        step=8,
+        train_loss=2.3,
+        train_top1_error=0.9,
+        val_top1_error=0.9,
+        val_top5_error=0.5,
+        val_top1_error_10crop=None,
+        val_top5_error_10crop=None,
+        lr=0.01,
+        epoch_seconds=1.0,
+    )
     history = History(tmp_path)
     history.append(EpochRecord(epoch=1, near_chance=True, **fields))
     older = {"epoch": 2, **fields, "timestamp": 1.0}  # written before the field existed
@@ -104,7 +122,6 @@ def test_history_records_near_chance_and_reads_older_lines(tmp_path):
 def test_one_pair_needs_no_collective():
     topology = Topology(rank=0, world_size=2, local_rank=0, device=torch.device("cpu"), backend="gloo")
     assert worst_loss_across_pairs(3.5, topology) == 3.5  # no process group exists here: it would raise
-
 
 
 # ------------------------------------------------------------------ the supervisor

@@ -72,7 +72,11 @@ def test_the_supervisor_never_imports_torch_in_its_source():
 @pytest.mark.parametrize(
     "modules",
     [
-        [f"alexserve.supervisor.{p.stem}" for p in sorted((PACKAGE / "supervisor").glob("*.py")) if p.stem != "__main__"],
+        [
+            f"alexserve.supervisor.{p.stem}"
+            for p in sorted((PACKAGE / "supervisor").glob("*.py"))
+            if p.stem != "__main__"
+        ],
         ["alexserve.cli.supervisor", "alexserve.cli.job"],
         TORCH_FREE_MODULES,
     ],

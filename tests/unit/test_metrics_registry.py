@@ -8,13 +8,13 @@ import urllib.error
 import urllib.request
 
 import pytest
-from helpers.supervisor import require_prometheus
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from alexserve.contract.worker_messages import CheckpointEvent, EvalReport, ExchangeTiming, StepReport
 from alexserve.supervisor.http_endpoint import MetricsServer
 from alexserve.supervisor.metrics import METRIC_NAMES, SupervisorMetrics
+from helpers.supervisor import require_prometheus
 
 pytestmark = pytest.mark.timeout(60)
 

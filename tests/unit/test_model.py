@@ -30,15 +30,22 @@ def test_every_layer_output_shape_matches_the_paper(input_size, padding):
     shapes = {}
     for name in ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8"):
         getattr(model, name).register_forward_hook(
-            lambda m, i, o, name=name: shapes.__setitem__(name, tuple(o.shape[1:])))
+            lambda m, i, o, name=name: shapes.__setitem__(name, tuple(o.shape[1:]))
+        )
     pools = []
     model.pool.register_forward_hook(lambda m, i, o: pools.append(tuple(o.shape[1:])))
     with torch.no_grad():
         model(torch.zeros(1, 3, input_size, input_size))
     # Paper table: 96@55, 256@27, 384@13, 384@13, 256@13, 4096, 4096, 1000; pools 27, 13, 6.
     assert shapes == {
-        "conv1": (96, 55, 55), "conv2": (256, 27, 27), "conv3": (384, 13, 13), "conv4": (384, 13, 13),
-        "conv5": (256, 13, 13), "fc6": (4096,), "fc7": (4096,), "fc8": (1000,),
+        "conv1": (96, 55, 55),
+        "conv2": (256, 27, 27),
+        "conv3": (384, 13, 13),
+        "conv4": (384, 13, 13),
+        "conv5": (256, 13, 13),
+        "fc6": (4096,),
+        "fc7": (4096,),
+        "fc8": (1000,),
     }
     assert pools == [(96, 27, 27), (256, 13, 13), (256, 6, 6)]
     assert cfg.fc6_inputs == 9216
@@ -69,15 +76,22 @@ def test_lrn_follows_the_chosen_reading_of_alpha(convention, coefficient):
     a = torch.randn(2, 11, 4, 4, dtype=torch.float64) * 300
     cfg = ModelConfig(lrn_alpha_convention=convention)
     expected = reference_lrn(a, 5, coefficient, 0.75, 2.0)
-    torch.testing.assert_close(PaperLRN(cfg)(a), expected, rtol=1e-12, atol=0,
-                               msg=context(f"LRN ({convention}) against the loop"))
+    torch.testing.assert_close(
+        PaperLRN(cfg)(a), expected, rtol=1e-12, atol=0, msg=context(f"LRN ({convention}) against the loop")
+    )
     # Grouped: the window never crosses into the other tower's maps.
     two = torch.cat([a, a * 3], dim=1)
     grouped = PaperLRN(cfg, groups=2)(two)
-    torch.testing.assert_close(grouped[:, :11], expected, rtol=1e-12, atol=0,
-                               msg=context("grouped LRN, first tower's maps"))
-    torch.testing.assert_close(grouped[:, 11:], reference_lrn(a * 3, 5, coefficient, 0.75, 2.0), rtol=1e-12, atol=0,
-                               msg=context("grouped LRN, second tower's maps"))
+    torch.testing.assert_close(
+        grouped[:, :11], expected, rtol=1e-12, atol=0, msg=context("grouped LRN, first tower's maps")
+    )
+    torch.testing.assert_close(
+        grouped[:, 11:],
+        reference_lrn(a * 3, 5, coefficient, 0.75, 2.0),
+        rtol=1e-12,
+        atol=0,
+        msg=context("grouped LRN, second tower's maps"),
+    )
 
 
 def test_default_lrn_is_torchs_local_response_norm_with_the_papers_constants():
@@ -92,8 +106,13 @@ def test_initialisation_follows_the_paper():
     for name in ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8"):
         layer = getattr(model, name)
         bias = 1.0 if name in ("conv2", "conv4", "conv5", "fc6", "fc7") else 0.0
-        torch.testing.assert_close(layer.bias.detach(), torch.full_like(layer.bias.detach(), bias), rtol=0, atol=0,
-                                   msg=context(f"{name}.bias is not all {bias}"))
+        torch.testing.assert_close(
+            layer.bias.detach(),
+            torch.full_like(layer.bias.detach(), bias),
+            rtol=0,
+            atol=0,
+            msg=context(f"{name}.bias is not all {bias}"),
+        )
         assert abs(float(layer.weight.detach().mean())) < 1e-3, name
         std_tolerance = 0.0015 * (1 + 30 / layer.weight.numel() ** 0.5)
         assert abs(float(layer.weight.detach().std()) - 0.01) < std_tolerance, name
@@ -109,12 +128,18 @@ def test_grouped_and_tower_layouts_round_trip():
         fresh = AlexNetTower(cfg, t)
         fresh.reset_parameters(5)
         for name, value in fresh.state_dict().items():
-            torch.testing.assert_close(state[name], value, rtol=0, atol=0,
-                                       msg=context(f"tower {t} {name}: grouped init is not the towers' init"))
+            torch.testing.assert_close(
+                state[name],
+                value,
+                rtol=0,
+                atol=0,
+                msg=context(f"tower {t} {name}: grouped init is not the towers' init"),
+            )
     joined = join_tower_states(cfg, towers)
     for name, value in grouped.state_dict().items():
-        torch.testing.assert_close(joined[name], value, rtol=0, atol=0,
-                                   msg=context(f"{name}: split then joined is not the grouped state"))
+        torch.testing.assert_close(
+            joined[name], value, rtol=0, atol=0, msg=context(f"{name}: split then joined is not the grouped state")
+        )
     assert towers[0]["fc8.weight"].shape[0] == 5 and towers[1]["fc8.weight"].shape[0] == 4
 
 

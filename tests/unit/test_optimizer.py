@@ -49,13 +49,15 @@ def test_first_step_from_hand_numbers():
     w.grad = torch.tensor([1.0, 1.0], dtype=torch.float64)
     opt.step()
     # 1 - 0.5*0.1*1 - 0.1*1 = 0.85 ; -2 - 0.5*0.1*(-2) - 0.1 = -2.0
-    torch.testing.assert_close(w.detach(), torch.tensor([0.85, -2.0], dtype=torch.float64),
-                               msg=context("weights after the first step"))
+    torch.testing.assert_close(
+        w.detach(), torch.tensor([0.85, -2.0], dtype=torch.float64), msg=context("weights after the first step")
+    )
     w.grad = torch.tensor([0.0, 0.0], dtype=torch.float64)
     opt.step()
     # v1 = (-0.15, 0.0); v2 = 0.9*v1 - 0.05*w1 = (-0.135 - 0.0425, 0.1) ; w2 = (0.6725, -1.9)
-    torch.testing.assert_close(w.detach(), torch.tensor([0.6725, -1.9], dtype=torch.float64),
-                               msg=context("weights after the second step"))
+    torch.testing.assert_close(
+        w.detach(), torch.tensor([0.6725, -1.9], dtype=torch.float64), msg=context("weights after the second step")
+    )
 
 
 def test_agrees_with_torch_sgd_at_constant_lr():
@@ -92,8 +94,9 @@ def test_weight_decay_applies_to_biases_and_params_without_grad_are_left_alone()
     opt.step()
     # pure decay: b - 1.0*0.1*b
     torch.testing.assert_close(layer.bias.detach(), bias0 * 0.9, msg=context("bias after a step of pure decay"))
-    torch.testing.assert_close(frozen.detach(), torch.ones(4), rtol=0, atol=0,
-                               msg=context("a parameter without a gradient moved"))
+    torch.testing.assert_close(
+        frozen.detach(), torch.ones(4), rtol=0, atol=0, msg=context("a parameter without a gradient moved")
+    )
     assert frozen not in opt.state
 
 

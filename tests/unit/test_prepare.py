@@ -102,8 +102,9 @@ def test_training_over_prepared_tree_never_sees_a_bad_file(loader):
 
 def test_rerun_redoes_only_missing_work(tmp_path: Path):
     src, dst = tmp_path / "src", tmp_path / "dst"
-    generate(src, num_classes=2, train_per_class=4, val_per_class=1, seed=0, min_side=40, max_side=80,
-             val_layout="folders")
+    generate(
+        src, num_classes=2, train_per_class=4, val_per_class=1, seed=0, min_side=40, max_side=80, val_layout="folders"
+    )
     (src / "train" / synset_id(0) / "empty.JPEG").write_bytes(b"")
     first = prepare(src, dst, scale_size=64, workers=1)
     outputs = sorted((dst / "train").rglob("*.JPEG"))

@@ -40,8 +40,14 @@ def test_below_paper_size_every_departure_is_taken_and_named(width, input_size):
 
 
 def test_fields_set_by_hand_win_over_auto():
-    model = ModelConfig(num_classes=10, width=0.25, input_size=64, init_scheme="paper",
-                        init_bias_one_layers=PAPER_BIAS_ONE_LAYERS, input_scaling="raw")
+    model = ModelConfig(
+        num_classes=10,
+        width=0.25,
+        input_size=64,
+        init_scheme="paper",
+        init_bias_one_layers=PAPER_BIAS_ONE_LAYERS,
+        input_scaling="raw",
+    )
     job = JobConfig(model=model, optim={"warmup_epochs": 0})
     assert departures(job) == []
 
@@ -49,13 +55,15 @@ def test_fields_set_by_hand_win_over_auto():
 def test_printed_lrn_is_named_as_a_departure():
     job = JobConfig(model=ModelConfig(num_classes=1000, lrn_alpha_convention="printed"))
     assert departures(job) == [
-        "LRN: the paper's printed alpha (not divided by n), five times stronger than the authors' code"]
+        "LRN: the paper's printed alpha (not divided by n), five times stronger than the authors' code"
+    ]
 
 
 def test_classes_scale_and_pixel_std_come_from_the_prepared_tree():
     _, dst, _ = tiny_prepared_tree()
-    job = JobConfig(model=ModelConfig(width=0.25, input_size=64),
-                    data=DataConfig(source="folder", train_dir=dst / "train"))
+    job = JobConfig(
+        model=ModelConfig(width=0.25, input_size=64), data=DataConfig(source="folder", train_dir=dst / "train")
+    )
     resolved = resolve_job(job).job
     assert resolved.model.num_classes == NUM_CLASSES
     assert resolved.data.scale_size == 256
@@ -103,7 +111,7 @@ def test_reduced_net_starts_at_the_loss_of_a_uniform_guess_and_keeps_its_signal(
         model = AlexNetGrouped.from_seed(cfg, 0).double()
         images = torch.randn(8, 3, 64, 64, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 60.0
         seen = {}
-        model.fc7.register_forward_hook(lambda module, args, out: seen.__setitem__("fc7", out))
+        model.fc7.register_forward_hook(lambda module, args, out: seen.__setitem__("fc7", out))  # noqa: B023 (run in this pass)
         with torch.no_grad():
             loss = F.cross_entropy(model(images), torch.arange(8) % 10)
         assert float(loss) == pytest.approx(math.log(10), abs=1e-9)

@@ -39,8 +39,15 @@ def test_paper_defaults_divide_by_ten_on_each_plateau_then_stop():
 
 
 def test_patience_counts_epochs_without_improvement_and_best_survives_reductions():
-    schedule = PlateauSchedule(OptimConfig(learning_rate=1.0, lr_divisor=2.0, plateau_patience=2, max_lr_reductions=5,
-                                           plateau_min_relative_improvement=0.0))
+    schedule = PlateauSchedule(
+        OptimConfig(
+            learning_rate=1.0,
+            lr_divisor=2.0,
+            plateau_patience=2,
+            max_lr_reductions=5,
+            plateau_min_relative_improvement=0.0,
+        )
+    )
     # After the drop at epoch 4, 0.45 does not beat the best 0.4, so patience runs out again at epoch 6.
     lrs = [lr for lr, _ in _run(schedule, [0.5, 0.4, 0.41, 0.42, 0.45, 0.45, 0.3])]
     assert lrs == [1.0, 1.0, 1.0, 0.5, 0.5, 0.25, 0.25]

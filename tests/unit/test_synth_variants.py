@@ -51,8 +51,16 @@ def written_pixels(root: Path) -> list[np.ndarray]:
 def variant_trees(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("variants")
     for variant in VARIANTS:
-        generate(root / variant, num_classes=10, train_per_class=3, val_per_class=1, seed=4, min_side=48, max_side=96,
-                 variant=variant)
+        generate(
+            root / variant,
+            num_classes=10,
+            train_per_class=3,
+            val_per_class=1,
+            seed=4,
+            min_side=48,
+            max_side=96,
+            variant=variant,
+        )
     return {variant: root / variant for variant in VARIANTS}
 
 
@@ -77,6 +85,7 @@ def test_pixel_statistics_differ_as_intended(variant_trees):
 
 def test_variants_keep_the_layout_and_the_textures(variant_trees):
     """Same files and image sizes in every variant: only the pixel values differ."""
+
     def sizes(root: Path) -> dict[str, tuple[int, int]]:
         return {str(p.relative_to(root)): Image.open(p).size for p in sorted(root.rglob("*.JPEG"))}
 
@@ -90,8 +99,16 @@ def test_same_arguments_same_bytes(tmp_path: Path):
     f = Path("train") / synset_id(1) / f"{synset_id(1)}_1.JPEG"
     for variant in VARIANTS:
         for name in ("a", "b"):
-            generate(tmp_path / variant / name, num_classes=2, train_per_class=2, val_per_class=0, seed=5,
-                     min_side=32, max_side=64, variant=variant)
+            generate(
+                tmp_path / variant / name,
+                num_classes=2,
+                train_per_class=2,
+                val_per_class=0,
+                seed=5,
+                min_side=32,
+                max_side=64,
+                variant=variant,
+            )
         assert (tmp_path / variant / "a" / f).read_bytes() == (tmp_path / variant / "b" / f).read_bytes(), variant
     assert len({(tmp_path / variant / "a" / f).read_bytes() for variant in VARIANTS}) == len(VARIANTS)
 
@@ -125,8 +142,16 @@ def test_every_variant_is_separable(tmp_path: Path):
     from sklearn.svm import SVC
 
     for variant in VARIANTS:
-        generate(tmp_path / variant, num_classes=10, train_per_class=16, val_per_class=0, seed=2, min_side=64,
-                 max_side=128, variant=variant)
+        generate(
+            tmp_path / variant,
+            num_classes=10,
+            train_per_class=16,
+            val_per_class=0,
+            seed=2,
+            min_side=64,
+            max_side=128,
+            variant=variant,
+        )
         features, labels = [], []
         for k in range(10):
             for path in sorted((tmp_path / variant / "train" / synset_id(k)).iterdir()):
@@ -140,8 +165,26 @@ def test_every_variant_is_separable(tmp_path: Path):
 
 
 def test_cli_variant(tmp_path: Path, capsys):
-    assert main([str(tmp_path / "d"), "--classes", "2", "--train-per-class", "1", "--val-per-class", "0",
-                 "--min-side", "32", "--max-side", "40", "--variant", "dark"]) == 0
+    assert (
+        main(
+            [
+                str(tmp_path / "d"),
+                "--classes",
+                "2",
+                "--train-per-class",
+                "1",
+                "--val-per-class",
+                "0",
+                "--min-side",
+                "32",
+                "--max-side",
+                "40",
+                "--variant",
+                "dark",
+            ]
+        )
+        == 0
+    )
     assert "dark" in capsys.readouterr().err
     (image,) = written_pixels(tmp_path / "d" / "train" / synset_id(1))
     assert image.mean() < 70

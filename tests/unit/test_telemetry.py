@@ -35,8 +35,16 @@ from alexserve.train.progress import IntervalMeter
 from alexserve.train.reporting import eval_summary, interval_summary
 
 INTERVAL = IntervalSummary(
-    epoch=2, global_step=40, steps=8, images=256, loss=1.5, learning_rate=0.01, step_seconds=[0.1, 0.2, math.inf],
-    data_wait_seconds=0.05, exchange=[ExchangeTime("fc6", "backward", 0.01, 4096)], memory_bytes=123,
+    epoch=2,
+    global_step=40,
+    steps=8,
+    images=256,
+    loss=1.5,
+    learning_rate=0.01,
+    step_seconds=[0.1, 0.2, math.inf],
+    data_wait_seconds=0.05,
+    exchange=[ExchangeTime("fc6", "backward", 0.01, 4096)],
+    memory_bytes=123,
 )
 EVAL = EvalSummary(epoch=2, global_step=40, center_top1_error=0.5, center_top5_error=0.2)
 
@@ -80,12 +88,31 @@ def test_the_supervisor_sink_sends_one_message_per_call(pull_socket):
         received = [parse_report(pull.recv()) for _ in range(5)]
     step, evaluation, checkpoint, state, error = received
     assert step == StepReport(
-        job_id="job-7", rank=3, pair=1, tower=1, epoch=2, step=40, steps=8, loss=1.5, learning_rate=0.01,
-        images=256, step_seconds=[0.1, 0.2], data_wait_seconds=0.05, device_memory_bytes=123,
+        job_id="job-7",
+        rank=3,
+        pair=1,
+        tower=1,
+        epoch=2,
+        step=40,
+        steps=8,
+        loss=1.5,
+        learning_rate=0.01,
+        images=256,
+        step_seconds=[0.1, 0.2],
+        data_wait_seconds=0.05,
+        device_memory_bytes=123,
         exchange=[ExchangeTiming(point="fc6", direction="backward", seconds=0.01, bytes=4096)],
     )
-    assert evaluation == EvalReport(job_id="job-7", rank=3, epoch=2, step=40, center_top1_error=0.5,
-                                    center_top5_error=0.2, ten_crop_top1_error=None, ten_crop_top5_error=None)
+    assert evaluation == EvalReport(
+        job_id="job-7",
+        rank=3,
+        epoch=2,
+        step=40,
+        center_top1_error=0.5,
+        center_top5_error=0.2,
+        ten_crop_top1_error=None,
+        ten_crop_top5_error=None,
+    )
     assert isinstance(checkpoint, CheckpointEvent) and (checkpoint.job_id, checkpoint.step) == ("job-7", 40)
     assert state == StateEvent(job_id="job-7", rank=3, state="paused", step=40)
     assert error == ErrorEvent(job_id="job-7", rank=3, message="rank 1 lost its peer", reason="error")
@@ -97,8 +124,9 @@ def test_training_counters_become_plain_summaries():
     meter.add_step(loss=1.0, top1_errors=1, images=4, seconds=0.25)
     meter.data_wait_seconds = 0.1
     exchanged = {("conv3", "forward"): ExchangeTotals(0.3, 1000, 2)}
-    summary = interval_summary(meter, epoch=0, global_step=2, learning_rate=0.02, exchanged=exchanged,
-                               device=torch.device("cpu"))
+    summary = interval_summary(
+        meter, epoch=0, global_step=2, learning_rate=0.02, exchanged=exchanged, device=torch.device("cpu")
+    )
     assert (summary.steps, summary.images, summary.loss, summary.step_seconds) == (2, 8, 1.5, [0.5, 0.25])
     assert summary.exchange == [ExchangeTime("conv3", "forward", 0.3, 1000)]
     assert summary.memory_bytes > 10_000_000  # this process's resident memory: torch alone is more
@@ -107,4 +135,3 @@ def test_training_counters_become_plain_summaries():
     assert eval_summary(1, 9, {"center": center}) == EvalSummary(1, 9, 0.25, 0.125, None, None)
     ten = EvalResult("ten_crop", 0.2, 0.1, 8)
     assert eval_summary(1, 9, {"center": center, "ten_crop": ten}).ten_crop_top5_error == 0.1
-
