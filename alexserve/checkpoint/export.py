@@ -4,7 +4,9 @@ A checkpoint holds one shard per tower; the exported file holds the grouped
 (`AlexNetGrouped`) state dict, the model config and, when the job trained on a
 prepared tree that is still there, the training mean image and the class names
 that `alexserve predict` needs. It loads with `alexserve.model.exported.load_exported`
-(model code only) or a bare `torch.load(..., weights_only=True)`.
+(model code only) or a bare `torch.load(..., weights_only=True)`, and carries the
+SHA-256 of its content (`alexserve.model.exported.seal`), which `load_exported`,
+`alexserve eval` and `alexserve predict` check.
 """
 
 from __future__ import annotations
@@ -14,12 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 
 from alexserve.checkpoint.run_checkpointer import SHARD_NAMES
 from alexserve.checkpoint.store import CheckpointError, CheckpointRef, CheckpointStore
 from alexserve.config import JobConfig
 from alexserve.durable import write_through
-from alexserve.model.exported import EXPORT_FORMAT
+from alexserve.model.exported import EXPORT_FORMAT, seal
 from alexserve.model.tower_split import join_tower_states
 
 
@@ -39,9 +42,25 @@ def find_checkpoint(path: Path) -> tuple[CheckpointStore, CheckpointRef]:
 def load_grouped_state(path: Path) -> tuple[JobConfig, dict[str, torch.Tensor], int]:
     """(the job, both towers' weights joined in the grouped layout, the step) of the checkpoint at `path`."""
     store, ref = find_checkpoint(path)
-    job = JobConfig.model_validate(store.load_config(ref))
-    towers = [store.load(ref, name)["model"] for name in SHARD_NAMES]
-    return job, join_tower_states(job.model, towers), ref.step
+    try:
+        job = JobConfig.model_validate(store.load_config(ref))
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors())
+        raise CheckpointError(f"{ref.path / 'config.json'}: invalid job config: {problems}") from None
+    towers = []
+    for name in SHARD_NAMES:
+        model = store.load(ref, name).get("model")
+        if not isinstance(model, dict) or not all(isinstance(t, torch.Tensor) for t in model.values()):
+            raise CheckpointError(f"{ref.path / (name + '.pt')}: has no model state dict")
+        bad = next((key for key, t in model.items() if t.is_floating_point() and not bool(t.isfinite().all())), None)
+        if bad is not None:
+            raise CheckpointError(f"{ref.path / (name + '.pt')}: model[{bad!r}] holds a value that is not finite")
+        towers.append(model)
+    try:
+        state = join_tower_states(job.model, towers)
+    except (KeyError, RuntimeError, ValueError) as err:
+        raise CheckpointError(f"{ref.path}: the tower shards do not fit its config: {err}") from None
+    return job, state, ref.step
 
 
 def prepared_extras(job: JobConfig) -> dict[str, Any]:
@@ -72,7 +91,11 @@ def export_checkpoint(checkpoint: Path, out: Path) -> Path:
         "step": step,
         **prepared_extras(job),
     }
+    try:
+        sealed = seal(content)
+    except ValueError as err:
+        raise CheckpointError(f"{checkpoint}: cannot export: {err}") from None
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_through(out, lambda f: torch.save(content, f))
+    write_through(out, lambda f: torch.save(sealed, f))
     return out

@@ -41,6 +41,17 @@ only that tower's data-parallel rank 0 writes (its replicas hold the same
 weights). The store is told the shard names up front, so `commit` and `load`
 can say which one is missing.
 
+Whose checkpoints: a store opened with a `job_id` (the supervisor's job
+identity, ALEXSERVE_JOB_ID) records it in every manifest it commits, and never
+deletes (prunes, or drops as abandoned) a checkpoint that records another
+identity or none. `identity_problem` says whether a checkpoint may be resumed
+by this job: a store with a `job_id` accepts only its own; a store without one
+(a worker run by hand) accepts any, as before identities existed.
+
+Numbers read back are checked: the manifest, shard records and config.json are
+parsed as strict JSON (NaN and Infinity refused, naming the file), and are
+written with `allow_nan=False` so such a file is never produced.
+
 Loading always uses `torch.load(weights_only=True)`: a checkpoint never runs
 code. `write_shard` and `commit` refuse payloads that such a load could not
 read back (numpy arrays, dataclasses, Paths...), naming the key, so the
@@ -73,6 +84,7 @@ from alexserve.checkpoint.naming import MARKER, parse_step_dir_name, step_dir_na
 from alexserve.durable import fsync_dir, write_through
 
 FORMAT_VERSION = 1
+JOB_ID_KEY = "job_id"  # in the manifest: the supervisor job that wrote it; null for a worker run by hand
 SHARED = "shared"
 CONFIG_FILE = "config.json"
 STAGING = ".staging"
@@ -131,8 +143,20 @@ def _write_file_atomically(path: Path, write: Callable[[BinaryIO], None]) -> tup
 
 
 def _write_json_atomically(path: Path, data: dict[str, Any]) -> tuple[int, str]:
-    text = json.dumps(data, indent=2, sort_keys=True).encode()
+    try:
+        text = json.dumps(data, indent=2, sort_keys=True, allow_nan=False).encode()
+    except ValueError as err:
+        raise CheckpointError(f"{path}: refusing to write a value that is not finite: {err}") from None
     return _write_file_atomically(path, lambda f: f.write(text))
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"non-finite number {name} (checkpoint files hold finite numbers only)")
+
+
+def parse_strict_json(text: str | bytes) -> Any:
+    """`json.loads` that refuses NaN, Infinity and -Infinity (Python's json accepts them by default)."""
+    return json.loads(text, parse_constant=_refuse_constant)
 
 
 # ---------------------------------------------------------------- payload checks
@@ -181,7 +205,13 @@ def _save_torch(path: Path, payload: dict[str, Any]) -> tuple[int, str]:
 class CheckpointStore:
     """Checkpoints of one job in `directory`, written by the ranks that own `shard_names`."""
 
-    def __init__(self, directory: Path, keep_last: int, shard_names: Sequence[str] = ("tower0", "tower1")) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        keep_last: int,
+        shard_names: Sequence[str] = ("tower0", "tower1"),
+        job_id: str | None = None,
+    ) -> None:
         if keep_last < 1:
             raise ValueError(f"keep_last must be at least 1, got {keep_last}")
         for name in shard_names:
@@ -192,6 +222,7 @@ class CheckpointStore:
         self.directory = Path(directory)
         self.keep_last = keep_last
         self.shard_names = tuple(shard_names)
+        self.job_id = job_id
 
     # ---- writing
 
@@ -240,6 +271,7 @@ class CheckpointStore:
         manifest = {
             "format_version": FORMAT_VERSION,
             "step": step,
+            JOB_ID_KEY: self.job_id,
             "created_unix": time.time(),
             "shards": {name: files[name] for name in self.shard_names},
             "shared": files[SHARED],
@@ -258,7 +290,7 @@ class CheckpointStore:
                 "every shard's writer must finish write_shard before the barrier that precedes commit"
             )
         try:
-            return _parse_file_entry(json.loads(sidecar.read_text()))
+            return _parse_file_entry(parse_strict_json(sidecar.read_text()))
         except (ValueError, KeyError, TypeError) as err:
             raise CheckpointError(f"{sidecar}: unreadable shard record: {err}") from None
 
@@ -304,7 +336,8 @@ class CheckpointStore:
             # Later steps may belong to a rank already writing the next checkpoint: leave them.
             if step is None or step <= committed_step:
                 _remove(entry)
-        committed = self.committed()
+        # Another job's checkpoints (or ones of unknown origin) are never this store's to delete.
+        committed = [ref for ref in self.committed() if self.owns(ref)]
         abandoned = [ref for ref in committed if ref.step > committed_step]
         kept = [ref for ref in committed if ref.step <= committed_step]
         for ref in abandoned + kept[: max(0, len(kept) - self.keep_last)]:
@@ -322,13 +355,40 @@ class CheckpointStore:
             if step is None or not (entry / MARKER).is_file():
                 continue
             try:
-                manifest = json.loads((entry / MARKER).read_text())
+                manifest = parse_strict_json((entry / MARKER).read_text())
+                if not isinstance(manifest, dict):
+                    raise ValueError(f"expected a JSON object, got {type(manifest).__name__}")
             except (OSError, ValueError) as err:
                 # The marker is renamed into place whole, so this is damage after the fact, not a crash.
                 warnings.warn(f"{entry / MARKER}: ignoring checkpoint with an unreadable manifest: {err}", stacklevel=2)
                 continue
             refs.append(CheckpointRef(step=step, path=entry, manifest=manifest))
         return sorted(refs, key=lambda ref: ref.step)
+
+    def owns(self, ref: CheckpointRef) -> bool:
+        """Whether this store may delete `ref`: any checkpoint without a job identity of its own, else its own only."""
+        return self.job_id is None or written_by(ref) == self.job_id
+
+    def identity_problem(self, ref: CheckpointRef) -> str | None:
+        """Why this job may not resume from `ref` (another job's, or of unknown origin), or None when it may.
+
+        A store without a job identity (a worker run by hand) may resume anything.
+        """
+        if self.job_id is None:
+            return None
+        writer = written_by(ref)
+        if writer == self.job_id:
+            return None
+        if writer is None:
+            return (
+                f"{ref.path}: the checkpoint records no job identity (written by a worker run by hand, or before "
+                f"alexserve recorded one); job {self.job_id!r} resumes only from its own checkpoints. Resume it "
+                "by hand (torchrun ... -m alexserve.worker --resume), or give this job a folder of its own"
+            )
+        return (
+            f"{ref.path}: the checkpoint was written by job {writer!r}, not by this job {self.job_id!r}; "
+            "a job resumes only from its own checkpoints: give this job a folder of its own"
+        )
 
     def latest(self) -> CheckpointRef | None:
         """The newest committed checkpoint, or None when there is none."""
@@ -361,9 +421,12 @@ class CheckpointStore:
         entry = self._manifest_entry(ref, CONFIG_FILE)
         path = ref.path / entry["file"]
         try:
-            return json.loads(self._read_verified(path, entry))
+            config = parse_strict_json(self._read_verified(path, entry))
         except ValueError as err:
             raise CheckpointError(f"{path}: not valid JSON: {err}") from None
+        if not isinstance(config, dict):
+            raise CheckpointError(f"{path}: expected a JSON object, got {type(config).__name__}")
+        return config
 
     def check_model_config(
         self, ref: CheckpointRef, model_cfg: dict[str, Any], fields: Iterable[str] | None = None
@@ -448,11 +511,17 @@ def _weights_only_reason(message: str) -> str:
     return " ".join(specific) if specific else (lines[0] if lines else "no reason given")
 
 
+def written_by(ref: CheckpointRef) -> str | None:
+    """The job identity recorded in `ref`'s manifest; None for a hand run or a checkpoint from before identities."""
+    job_id = ref.manifest.get(JOB_ID_KEY)
+    return job_id if isinstance(job_id, str) else None
+
+
 def _parse_file_entry(entry: Any) -> dict[str, Any]:
     if not isinstance(entry, dict):
         raise TypeError(f"expected a mapping, got {type(entry).__name__}")
     file, size, digest = entry["file"], entry["bytes"], entry["sha256"]
-    if not isinstance(file, str) or "/" in file or not isinstance(size, int) or not isinstance(digest, str):
+    if not isinstance(file, str) or "/" in file or type(size) is not int or size < 0 or not isinstance(digest, str):
         raise ValueError(f"bad file entry {entry!r}")
     return {"file": file, "bytes": size, "sha256": digest}
 

@@ -1,6 +1,7 @@
 """`alexserve job`: talk to a running supervisor.
 
-    alexserve job submit job.yaml [--set config.train.max_steps=100]
+    alexserve job submit job.yaml [--set config.train.max_steps=100]   # run_dir is relative to the runs root
+    alexserve job submit more.yaml --set continues=job-3                # job-3's folders, continued
     alexserve job list
     alexserve job status job-3
     alexserve job pause|resume|stop|cancel|checkpoint-now job-3
@@ -134,6 +135,9 @@ def print_status(status: dict[str, Any]) -> None:
         "last_error",
         "exit_code",
         "run_dir",
+        "run_id",
+        "continues",
+        "write_error",
         "log_path",
     ]
     for key in keys:

@@ -2,7 +2,9 @@
 
 Runs the paper's test-time path on images of any size: shorter side to the
 training scale, central square, minus the training mean image, ten crops, the
-softmax averaged over them. MODEL is a file written by `alexserve export`.
+softmax averaged over them. MODEL is a file written by `alexserve export`; its
+SHA-256 and contents are checked first, and a damaged file exits 2 with one line.
+An image above --max-image-pixels (read from its header) is refused undecoded.
 Library: `alexserve.inference.predict`.
 """
 
@@ -12,7 +14,15 @@ import argparse
 import sys
 from pathlib import Path
 
+from alexserve.data.imageops import DEFAULT_MAX_IMAGE_PIXELS
 from alexserve.inference.predict import predict_files
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,13 +31,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("model", type=Path, help="file written by `alexserve export`")
     parser.add_argument("images", type=Path, nargs="+")
+    parser.add_argument(
+        "--max-image-pixels",
+        type=positive_int,
+        default=DEFAULT_MAX_IMAGE_PIXELS,
+        help="refuse an image whose header gives more pixels, before decoding it "
+        f"(default {DEFAULT_MAX_IMAGE_PIXELS:,})",
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        results = predict_files(args.model, args.images)
+        results = predict_files(args.model, args.images, max_pixels=args.max_image_pixels)
     except ValueError as err:  # ExportError is one: not an export, or no mean image; or an unreadable image
         print(f"alexserve predict: {err}", file=sys.stderr)
         return 2

@@ -6,7 +6,10 @@
 Shorter side to the scale (256 in the paper), central square, RGB JPEG out; then
 the training mean image and RGB PCA (DST/stats.npz), the class index
 (DST/classes.json) and DST/prepare_report.json, which lists every converted and
-every rejected input with its reason. Re-running finishes an interrupted job.
+every rejected input with its reason, and every entry skipped (a symlink
+leaving SRC, broken or looping, a FIFO, a device, ...). Images above
+--max-image-pixels are rejected from their header, undecoded. Re-running
+finishes an interrupted job.
 SRC layouts and label files: see `alexserve.data.prepare`.
 """
 
@@ -17,10 +20,18 @@ import sys
 from pathlib import Path
 
 from alexserve.config import ConfigError
+from alexserve.data.imageops import DEFAULT_MAX_IMAGE_PIXELS
 from alexserve.data.prepare import prepare, scale_size_for
 from alexserve.data.prepared_tree import REPORT_FILE, DatasetError
 
 REJECTIONS_SHOWN = 10
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,6 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--synsets", type=Path, help="synset per line, in the order 1-based integer val labels refer to"
     )
     parser.add_argument("--class-names", type=Path, help="'<synset> <name>' per line (default SRC/synset_words.txt)")
+    parser.add_argument(
+        "--max-image-pixels",
+        type=positive_int,
+        default=DEFAULT_MAX_IMAGE_PIXELS,
+        help="reject an input whose header gives more pixels, before decoding it "
+        f"(default {DEFAULT_MAX_IMAGE_PIXELS:,})",
+    )
     return parser
 
 
@@ -58,18 +76,22 @@ def main(argv: list[str] | None = None) -> int:
             val_labels=args.val_labels,
             synsets_file=args.synsets,
             class_names=args.class_names,
+            max_image_pixels=args.max_image_pixels,
         )
     except (DatasetError, ConfigError) as err:
         print(f"prepare: {err}", file=sys.stderr)
         return 2
     print(
         f"prepare: {summary['inputs']} inputs: {summary['ok']} ok, {len(summary['converted'])} converted, "
-        f"{len(summary['rejected'])} rejected (reasons in {args.dst / REPORT_FILE}); "
+        f"{len(summary['rejected'])} rejected, {len(summary['skipped'])} entries skipped "
+        f"(reasons in {args.dst / REPORT_FILE}); "
         f"{summary['train_images']} train / {summary['val_images']} val images, {summary['classes']} classes",
         file=sys.stderr,
     )
     for r in summary["rejected"][:REJECTIONS_SHOWN]:
         print(f"  rejected {r['src']}: {r['reason']}", file=sys.stderr)
+    for r in [s for s in summary["skipped"] if not s["reason"].startswith("hidden")][:REJECTIONS_SHOWN]:
+        print(f"  skipped {r['path']}: {r['reason']}", file=sys.stderr)
     return 0
 
 

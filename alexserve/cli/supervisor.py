@@ -1,6 +1,7 @@
 """`alexserve supervisor`: job control over ZeroMQ, worker groups under torchrun, Prometheus /metrics.
 
     alexserve supervisor --state-dir ~/.alexserve                 # control tcp://127.0.0.1:7355, metrics :7356
+    alexserve supervisor --runs-root /data/runs                   # job folders (default: STATE_DIR/runs)
     alexserve job submit job.yaml && alexserve job list
     curl -s 127.0.0.1:7356/metrics | grep alexserve_train_images_total
 
@@ -44,6 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"job records, configs and logs (default: ${ENV_STATE_DIR} or ~/.alexserve)",
     )
     add(
+        "--runs-root",
+        type=Path,
+        help="every job's run dir lives below it; specs name folders relative to it (default: STATE_DIR/runs)",
+    )
+    add(
         "--control",
         default=os.environ.get(ENV_SUPERVISOR, DEFAULT_CONTROL_ADDR),
         help=f"ZeroMQ endpoint of the control socket (default: ${ENV_SUPERVISOR} or {DEFAULT_CONTROL_ADDR})",
@@ -79,6 +85,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def options_from_args(args: argparse.Namespace, token: str | None) -> ServerOptions:
     return ServerOptions(
         state_dir=args.state_dir.expanduser(),
+        runs_root=args.runs_root.expanduser() if args.runs_root is not None else None,
         control_addr=args.control,
         metrics_host=args.metrics_host,
         metrics_port=args.metrics_port,

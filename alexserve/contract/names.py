@@ -16,10 +16,18 @@ LOSS_EXCHANGE_POINT = "logits"
 TIMED_EXCHANGE_POINTS = (*TOWER_EXCHANGE_POINTS, LOSS_EXCHANGE_POINT)
 EXCHANGE_DIRECTIONS = ("forward", "backward")
 
-# Environment variables alexserve reads. The supervisor sets the first four for the workers it launches.
-ENV_JOB_ID = "ALEXSERVE_JOB_ID"
+# Environment variables alexserve reads. The supervisor sets the first five for the workers it launches.
+ENV_JOB_ID = "ALEXSERVE_JOB_ID"  # the job the worker belongs to (its reports and Hello name it)
+# The identity a job's checkpoints and history carry: made by the supervisor at submit (`job-7.3f9a1c2b`:
+# the job id and a random suffix, matching [A-Za-z0-9][A-Za-z0-9_.-]*, at most 64 characters), or, for a
+# job whose spec says `continues: job-3`, job-3's run id (so a continuation resumes its predecessor's
+# checkpoints and nobody else's). Unset for a worker run by hand with torchrun: it keeps its freedom of paths.
+ENV_RUN_ID = "ALEXSERVE_RUN_ID"
 ENV_REPORT_ADDR = "ALEXSERVE_REPORT_ADDR"
 ENV_CONTROL_ADDR = "ALEXSERVE_CONTROL_ADDR"
+# A per-job secret the supervisor creates (secrets.token_hex) for the worker channels: every report and
+# the Hello carry it, and the supervisor drops (and counts) any that does not.
+ENV_CHANNEL_SECRET = "ALEXSERVE_CHANNEL_SECRET"
 ENV_TOKEN = "ALEXSERVE_TOKEN"  # also the token the supervisor and `alexserve job` use when no --token-file is given
 ENV_SUPERVISOR_PID = "ALEXSERVE_SUPERVISOR_PID"  # the launcher dies with this process
 ENV_STATE_DIR = "ALEXSERVE_STATE_DIR"  # the supervisor's --state-dir default

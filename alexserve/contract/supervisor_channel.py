@@ -3,10 +3,12 @@
 A worker started by `alexserve supervisor` finds these in its environment:
 
     ALEXSERVE_JOB_ID        the job it belongs to
+    ALEXSERVE_RUN_ID        the identity its checkpoints and history carry (read by the training side)
     ALEXSERVE_REPORT_ADDR   ZeroMQ endpoint of the supervisor's PULL socket (every rank PUSHes reports)
     ALEXSERVE_CONTROL_ADDR  ZeroMQ endpoint of the supervisor's ROUTER socket (global rank 0's DEALER
                             says Hello, then receives the job's commands)
-    ALEXSERVE_TOKEN         the supervisor's token, when it has one (sent in the Hello)
+    ALEXSERVE_CHANNEL_SECRET  the job's channel secret: the first frame of every report and of the
+                            Hello, so the supervisor takes messages for this job from its workers only
 
 Its calls (global rank 0 polls; train/control.py then shares the decision with
 every rank so both towers pause/stop/checkpoint at the same step):
@@ -33,7 +35,7 @@ import sys
 
 import zmq
 
-from alexserve.contract.names import ENV_CONTROL_ADDR, ENV_JOB_ID, ENV_REPORT_ADDR, ENV_TOKEN
+from alexserve.contract.names import ENV_CHANNEL_SECRET, ENV_CONTROL_ADDR, ENV_JOB_ID, ENV_REPORT_ADDR
 from alexserve.contract.worker_messages import (
     MAX_COMMAND_BYTES,
     MAX_REPORT_BYTES,
@@ -52,10 +54,11 @@ class SupervisorChannel:
     """PUSH socket for reports (every rank) and, on global rank 0, a DEALER socket for commands."""
 
     def __init__(
-        self, job_id: str, rank: int, report_addr: str, control_addr: str | None, token: str | None = None
+        self, job_id: str, rank: int, report_addr: str, control_addr: str | None, secret: str | None = None
     ) -> None:
         self.job_id, self.rank = job_id, rank
         self.dropped = 0
+        self._secret = (secret or "").encode()
         # A private context: the training process may use ZeroMQ elsewhere, and term() here must not wait on it.
         self._context = zmq.Context(io_threads=1)
         self._reports = self._context.socket(zmq.PUSH)
@@ -71,7 +74,7 @@ class SupervisorChannel:
             self._commands.setsockopt(zmq.RCVHWM, 100)
             self._commands.connect(control_addr)
             # Queued by ZeroMQ until the connection is up, so it is not lost to a slow start.
-            self._send_on(self._commands, Hello(job_id=job_id, rank=rank, token=token).to_bytes())
+            self._send_on(self._commands, Hello(job_id=job_id, rank=rank).to_bytes())
 
     @classmethod
     def from_env(cls, rank: int) -> SupervisorChannel | None:
@@ -80,12 +83,12 @@ class SupervisorChannel:
         report_addr = os.environ.get(ENV_REPORT_ADDR)
         if not job_id or not report_addr:
             return None
-        control_addr, token = os.environ.get(ENV_CONTROL_ADDR) or None, os.environ.get(ENV_TOKEN) or None
-        return cls(job_id, rank, report_addr, control_addr, token)
+        control_addr, secret = os.environ.get(ENV_CONTROL_ADDR) or None, os.environ.get(ENV_CHANNEL_SECRET)
+        return cls(job_id, rank, report_addr, control_addr, secret)
 
     def _send_on(self, socket: zmq.Socket, data: bytes) -> bool:
         try:
-            socket.send(data, zmq.NOBLOCK)
+            socket.send_multipart([self._secret, data], zmq.NOBLOCK)  # the secret first: see worker_messages
             return True
         except zmq.Again:  # queue full (supervisor slow or gone): drop rather than wait
             self.dropped += 1

@@ -6,6 +6,10 @@ errors) and bounded (string lengths, list lengths, the frame's byte size), so a
 confused or hostile sender costs the supervisor one rejected message, nothing
 more.
 
+Every frame a worker sends travels as two: the job's channel secret (`ALEXSERVE_CHANNEL_SECRET`,
+created by the supervisor for each job), then the message. The supervisor drops and counts any
+message whose secret is not its job's (`SupervisorChannel` does the framing).
+
 Worker -> supervisor, over PUSH/PULL (`ALEXSERVE_REPORT_ADDR`), from every rank:
 
     StepReport       one report interval: loss, images, step times, data wait,
@@ -19,7 +23,7 @@ Worker -> supervisor, over PUSH/PULL (`ALEXSERVE_REPORT_ADDR`), from every rank:
 Worker global rank 0 <-> supervisor, over DEALER/ROUTER (`ALEXSERVE_CONTROL_ADDR`):
 
     Hello            rank 0 -> supervisor, once on connect: "commands for job X
-                     come to me" (with the token when the supervisor has one)
+                     come to me" (behind the job's secret, like every report)
     PauseCommand, ResumeCommand, StopCommand, CheckpointNowCommand
                      supervisor -> rank 0; the worker shares the decision with
                      all ranks so both towers act at the same step.
@@ -44,6 +48,7 @@ from alexserve.contract.names import EXCHANGE_DIRECTIONS, TIMED_EXCHANGE_POINTS
 # sender make the supervisor buffer much.
 MAX_REPORT_BYTES = 64 * 1024
 MAX_COMMAND_BYTES = 4 * 1024
+MAX_SECRET_BYTES = 128  # the channel secret frame (secrets.token_hex(32) is 64 bytes)
 MAX_STEP_SECONDS = 1024  # step durations per StepReport (the worker keeps the newest)
 
 WorkerState = Literal["running", "paused", "stopped", "completed"]
@@ -173,7 +178,6 @@ class Hello(Message):
     kind: Literal["hello"] = "hello"
     job_id: JobId
     rank: Rank = 0
-    token: str | None = Field(None, max_length=512)
 
 
 Report = Annotated[

@@ -4,10 +4,18 @@
 `rescale_center_crop` is the paper's one-time preprocessing (shorter side to S,
 central SxS). Both `prepare` and `raw_images` use them, so an image predicted from
 disk is treated exactly like a prepared training image.
+
+Untrusted input: `load_rgb` opens only regular files (a FIFO or device is
+refused without blocking on it) and reads the image's size from its header
+before decoding: above `max_pixels` (default `DEFAULT_MAX_IMAGE_PIXELS`, 100
+megapixels, about 250 times an ImageNet image) it is refused, so a 17 KB PNG
+that would decode to a gigabyte never does.
 """
 
 from __future__ import annotations
 
+import os
+import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +25,8 @@ from PIL import Image, UnidentifiedImageError
 
 # ImageNet images are named .JPEG whatever they hold; these are the PIL formats we expect.
 _JPEG = "JPEG"
+# ILSVRC-2012's images average about 400x350 pixels, and few exceed 10 megapixels.
+DEFAULT_MAX_IMAGE_PIXELS = 100_000_000
 
 
 class BadImage(Exception):
@@ -29,25 +39,51 @@ class Loaded:
     conversions: list[str]
 
 
-def load_rgb(path: Path, *, draft_size: tuple[int, int] | None = None) -> Loaded:
+def load_rgb(
+    path: Path, *, draft_size: tuple[int, int] | None = None, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+) -> Loaded:
     """Decode `path` fully to RGB; raise BadImage with a reason when it cannot be.
 
     `draft_size` lets the JPEG decoder downscale in the DCT domain to no smaller than
     that size: a large speed-up for big photos, invisible after the final resize.
+    `max_pixels`: an image whose header gives more pixels is refused before decoding.
     """
     path = Path(path)
+    with _open_regular(path) as file:
+        return _load_rgb(path, file, draft_size, max_pixels)
+
+
+def _open_regular(path: Path):
+    """The file at `path` opened for reading, if it is a regular file; BadImage otherwise (never blocks on a FIFO)."""
     try:
-        size = path.stat().st_size
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError as err:
         raise BadImage(f"cannot read: {err.strerror}") from None
-    if size == 0:
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise BadImage("not a regular file")
+    if info.st_size == 0:
+        os.close(fd)
         raise BadImage("zero-byte file")
+    return os.fdopen(fd, "rb")
+
+
+def _load_rgb(path: Path, file, draft_size: tuple[int, int] | None, max_pixels: int) -> Loaded:
     conversions: list[str] = []
     try:
         with warnings.catch_warnings():
             # PIL warns (not raises) on some corrupt EXIF; that is not a reason to reject the pixels.
             warnings.simplefilter("ignore")
-            img = Image.open(path)
+            # Our limit decides, not PIL's own (which refuses at twice Image.MAX_IMAGE_PIXELS, 179 megapixels).
+            if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < max_pixels:
+                Image.MAX_IMAGE_PIXELS = max_pixels
+            img = Image.open(file)  # lazy: reads the header only
+            if img.width * img.height > max_pixels:
+                raise BadImage(
+                    f"{img.width}x{img.height} = {img.width * img.height:,} pixels, above the limit of "
+                    f"{max_pixels:,} (--max-image-pixels); not decoded"
+                )
             fmt = img.format or "unknown"
             if fmt != _JPEG:
                 conversions.append(f"{fmt} data with a {path.suffix or 'missing'} extension, re-encoded as JPEG")

@@ -12,9 +12,17 @@ Every image is rescaled so its shorter side is `scale_size` (`--scale-size`,
 `prepared_tree.py`). Then the mean image and RGB PCA are computed over the *prepared*
 training pixels (`stats.py`). Inputs that are PNG/CMYK/grayscale are converted;
 zero-byte, truncated and non-image inputs are rejected; both are listed with the
-reason in DST/prepare_report.json. Progress (a tqdm line with rate and ETA) goes to
+reason in DST/prepare_report.json. An input whose header gives more than
+`max_image_pixels` pixels (`--max-image-pixels`, default 100 megapixels) is
+rejected before it is decoded. Progress (a tqdm line with rate and ETA) goes to
 stderr. Re-running finishes an interrupted job: inputs already recorded in
 DST/prepare_journal.jsonl (whose output exists) are not redone.
+
+What is read stays inside SRC: a symlink is followed only when its target is
+inside SRC (a class folder linked to /proc/self is not), and only directories
+and regular files are used. Every entry passed over (hidden, a symlink that
+leaves SRC, is broken or loops, a FIFO, socket or device, a folder inside a
+class folder) is listed under "skipped" in the report with its reason.
 """
 
 from __future__ import annotations
@@ -23,8 +31,9 @@ import io
 import json
 import multiprocessing as mp
 import os
+import stat
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +41,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from alexserve.config import PAPER_SCALE_SIZE, load_config, paper_scale_size
-from alexserve.data.imageops import BadImage, load_rgb, rescale_center_crop
+from alexserve.data.imageops import DEFAULT_MAX_IMAGE_PIXELS, BadImage, load_rgb, rescale_center_crop
 from alexserve.data.prepared_tree import (
     CLASSES_FILE,
     JOURNAL_FILE,
@@ -59,8 +68,79 @@ class Task:
 # ---------------------------------------------------------------- discovering inputs
 
 
-def _visible_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if not p.name.startswith(".") and p.is_file())
+@dataclass
+class SourceTree:
+    """SRC, walked without leaving it; `skipped` collects every entry passed over, with the reason."""
+
+    root: Path
+    skipped: list[dict] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.root = Path(self.root).resolve()
+
+    def kind(self, path: Path) -> str | None:
+        """'dir' or 'file' for an entry to use; None (and a line in `skipped`) for any other."""
+        if path.name.startswith("."):
+            return self.skip(path, "hidden (the name starts with '.')")
+        try:
+            mode = os.lstat(path).st_mode
+            if stat.S_ISLNK(mode):
+                target = Path(os.readlink(path))
+                try:
+                    resolved = path.resolve(strict=True)
+                except FileNotFoundError:
+                    return self.skip(path, f"broken symlink (-> {target})")
+                except (RuntimeError, OSError):  # RuntimeError up to Python 3.12, OSError (ELOOP) after
+                    return self.skip(path, f"symlink loop (-> {target})")
+                if not resolved.is_relative_to(self.root):
+                    return self.skip(path, f"symlink leaving the source tree (-> {resolved}); not followed")
+                mode = os.stat(resolved).st_mode
+        except OSError as err:
+            return self.skip(path, f"cannot read: {err.strerror}")
+        if stat.S_ISDIR(mode):
+            return "dir"
+        if stat.S_ISREG(mode):
+            return "file"
+        what = (
+            "FIFO (named pipe)"
+            if stat.S_ISFIFO(mode)
+            else "socket"
+            if stat.S_ISSOCK(mode)
+            else "device"
+            if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+            else "not a regular file"
+        )
+        return self.skip(path, what)
+
+    def skip(self, path: Path, reason: str) -> None:
+        self.skipped.append({"path": str(path), "reason": reason})
+        return None
+
+    def entries(self, folder: Path, want: str) -> list[Path]:
+        """The sorted entries of `folder` of kind `want`; the others are skipped (with a reason if not hidden)."""
+        kept = []
+        for entry in sorted(folder.iterdir()):
+            kind = self.kind(entry)
+            if kind == want:
+                kept.append(entry)
+            elif kind is not None:
+                self.skip(entry, "a folder inside a class folder (not searched)" if kind == "dir" else "not a folder")
+        return kept
+
+    def top_folder(self, path: Path) -> bool:
+        """Whether SRC/train or SRC/val is a folder to read; a DatasetError when it exists but may not be read."""
+        if not os.path.lexists(path):
+            return False
+        before = len(self.skipped)
+        kind = self.kind(path)
+        if kind == "dir":
+            return True
+        reason = self.skipped[before]["reason"] if kind is None else "not a folder"
+        raise DatasetError(f"{path}: {reason}; pass the folder it stands for as SRC instead")
+
+
+def _visible_files(tree: SourceTree, folder: Path) -> list[Path]:
+    return tree.entries(folder, "file")
 
 
 def _read_class_names(path: Path | None) -> dict[str, str]:
@@ -116,31 +196,38 @@ def _dst_names(files: list[Path]) -> dict[Path, str]:
     return {f: (f.stem if stems[f.stem] == 1 else f.name) + PREPARED_SUFFIX for f in files}
 
 
-def discover(src: Path, dst: Path, val_labels: Path | None, synsets_file: Path | None) -> tuple[list[Task], list[str]]:
-    """All tasks (train first) and the sorted train synsets (the class order)."""
+def discover(
+    src: Path, dst: Path, val_labels: Path | None, synsets_file: Path | None
+) -> tuple[list[Task], list[str], list[dict]]:
+    """All tasks (train first), the sorted train synsets (the class order) and the entries skipped, with reasons."""
+    tree = SourceTree(src)
     train = src / "train"
-    if not train.is_dir():
+    if not tree.top_folder(train):
         raise DatasetError(f"{src}: no train/ folder; expected SRC/train/<synset>/*.JPEG (ImageNet layout)")
-    synsets = sorted(p.name for p in train.iterdir() if p.is_dir() and not p.name.startswith("."))
+    synsets = [p.name for p in tree.entries(train, "dir")]
     if not synsets:
         raise DatasetError(f"{train}: no class folders")
     tasks: list[Task] = []
     for s in synsets:
-        files = _visible_files(train / s)
+        files = _visible_files(tree, train / s)
         names = _dst_names(files)
         tasks += [Task(str(f), str(dst / "train" / s / names[f]), "train", s) for f in files]
     val = src / "val"
-    if val.is_dir():
-        folders = sorted(p for p in val.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if tree.top_folder(val):
+        kinds = {entry: tree.kind(entry) for entry in sorted(val.iterdir())}  # records what it skips, once
+        folders = [entry for entry, kind in kinds.items() if kind == "dir"]
+        flat_files = [entry for entry, kind in kinds.items() if kind == "file"]
         if folders:
+            for entry in flat_files:
+                tree.skip(entry, "a file beside the class folders of val/")
             for folder in folders:
                 if folder.name not in synsets:
                     raise DatasetError(f"{folder}: val class {folder.name!r} has no train folder")
-                files = _visible_files(folder)
+                files = _visible_files(tree, folder)
                 names = _dst_names(files)
                 tasks += [Task(str(f), str(dst / "val" / folder.name / names[f]), "val", folder.name) for f in files]
         else:
-            files = _visible_files(val)
+            files = flat_files
             labels_path = val_labels or _default_val_labels(src)
             if files and labels_path is None:
                 raise DatasetError(f"{val}: flat val files need a labels file; pass --val-labels FILE")
@@ -150,17 +237,17 @@ def discover(src: Path, dst: Path, val_labels: Path | None, synsets_file: Path |
             labels = _flat_val_labels(files, labels_path, order) if files else {}
             names = _dst_names(files)
             tasks += [Task(str(f), str(dst / "val" / labels[f] / names[f]), "val", labels[f]) for f in files]
-    return tasks, synsets
+    return tasks, synsets, tree.skipped
 
 
 # ---------------------------------------------------------------- per-file work (runs in worker processes)
 
 
-def convert_one(task: Task, scale_size: int, quality: int) -> dict:
+def convert_one(task: Task, scale_size: int, quality: int, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> dict:
     """Prepare one input; never raises. Returns the journal record."""
     record = {"src": task.src, "dst": task.dst, "split": task.split, "synset": task.synset}
     try:
-        loaded = load_rgb(Path(task.src), draft_size=(scale_size, scale_size))
+        loaded = load_rgb(Path(task.src), draft_size=(scale_size, scale_size), max_pixels=max_pixels)
         # draft() never decodes below the requested size; a smaller image is upscaled, as the paper's rule implies.
         out = rescale_center_crop(loaded.image, scale_size)
         buf = io.BytesIO()
@@ -177,7 +264,7 @@ def convert_one(task: Task, scale_size: int, quality: int) -> dict:
     return record
 
 
-def _convert_star(args: tuple[Task, int, int]) -> dict:
+def _convert_star(args: tuple[Task, int, int, int]) -> dict:
     return convert_one(*args)
 
 
@@ -250,11 +337,12 @@ def prepare(
     val_labels: Path | None = None,
     synsets_file: Path | None = None,
     class_names: Path | None = None,
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> dict:
     """Prepare SRC into DST; returns the summary also written into the report."""
     src, dst = Path(src), Path(dst)
     workers = workers or os.cpu_count() or 1
-    tasks, synsets = discover(src, dst, val_labels, synsets_file)
+    tasks, synsets, skipped = discover(src, dst, val_labels, synsets_file)
     dst.mkdir(parents=True, exist_ok=True)
     journal_path = dst / JOURNAL_FILE
     journal = _read_journal(journal_path)
@@ -274,7 +362,9 @@ def prepare(
     with ctx.Pool(workers) as pool, open(journal_path, "a") as jf:
         bad = 0
         with _progress("prepare: images", len(todo)) as progress:
-            for rec in pool.imap_unordered(_convert_star, [(t, scale_size, quality) for t in todo], chunksize=8):
+            for rec in pool.imap_unordered(
+                _convert_star, [(t, scale_size, quality, max_image_pixels) for t in todo], chunksize=8
+            ):
                 jf.write(json.dumps(rec) + "\n")
                 jf.flush()  # flushed per file: an interruption loses at most the files in flight
                 records[rec["src"]] = rec
@@ -305,6 +395,7 @@ def prepare(
         "ok": sum(r["status"] == "ok" for r in ordered),
         "converted": [r for r in ordered if r["status"] == "converted"],
         "rejected": [r for r in ordered if r["status"] == "rejected"],
+        "skipped": skipped,
         "classes": len(synsets),
         "train_images": stats.num_images,
         "val_images": sum(r["split"] == "val" and r["status"] != "rejected" for r in ordered),

@@ -18,6 +18,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from alexserve.config import MAX_CLASSES  # more classes than a config accepts (ModelConfig.num_classes) is damage
 from alexserve.durable import write_atomically
 
 STATS_FILE = "stats.npz"
@@ -53,13 +54,23 @@ def read_class_index(path: Path) -> list[ClassInfo]:
     if not path.is_file():
         raise DatasetError(f"{path}: class index not found; run `alexserve prepare SRC DST` to make a prepared tree")
     try:
-        rows = json.loads(path.read_text())
-        classes = [ClassInfo(int(r["index"]), str(r["synset"]), str(r.get("name", r["synset"]))) for r in rows]
+        rows = json.loads(path.read_text(), parse_constant=_refuse_constant)
+        if not isinstance(rows, list) or len(rows) > MAX_CLASSES:
+            raise ValueError(f"expected a list of at most {MAX_CLASSES} classes")
+        classes = []
+        for r in rows:
+            if type(r["index"]) is not int:
+                raise ValueError(f"index {r['index']!r} is not an integer")
+            classes.append(ClassInfo(r["index"], str(r["synset"]), str(r.get("name", r["synset"]))))
     except (ValueError, KeyError, TypeError) as err:
         raise DatasetError(f"{path}: not a class index written by `alexserve prepare`: {err}") from None
     if [c.index for c in classes] != list(range(len(classes))):
         raise DatasetError(f"{path}: class indices must be 0..{len(classes) - 1} in order")
     return classes
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"non-finite number {name}")
 
 
 def list_prepared_split(split_dir: Path, classes: list[ClassInfo]) -> list[LabeledFile]:

@@ -14,15 +14,21 @@ import numpy as np
 import torch
 
 from alexserve.data.augment import ten_crop_offsets
-from alexserve.data.imageops import BadImage, load_rgb, rescale_center_crop
+from alexserve.data.imageops import DEFAULT_MAX_IMAGE_PIXELS, BadImage, load_rgb, rescale_center_crop
 from alexserve.data.pil_loader import crop_centred
 
 
-def load_ten_crops(paths: Sequence[str | Path], mean_image: np.ndarray, input_size: int) -> torch.Tensor:
+def load_ten_crops(
+    paths: Sequence[str | Path],
+    mean_image: np.ndarray,
+    input_size: int,
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+) -> torch.Tensor:
     """[N, 10, 3, S, S] float32: 4 corners + centre, then the same 5 reflected, of (image - mean image).
 
     `mean_image` is the training set's [scale, scale, 3] mean (DatasetStats.mean_image, or an export's).
-    Raises ValueError naming the file when one cannot be read as an image.
+    Raises ValueError naming the file when one cannot be read as an image, or its header
+    gives more than `max_pixels` pixels (checked before decoding).
     """
     scale = mean_image.shape[0]
     if input_size > scale:
@@ -30,7 +36,7 @@ def load_ten_crops(paths: Sequence[str | Path], mean_image: np.ndarray, input_si
     out = []
     for path in paths:
         try:
-            image = np.asarray(rescale_center_crop(load_rgb(Path(path)).image, scale))
+            image = np.asarray(rescale_center_crop(load_rgb(Path(path), max_pixels=max_pixels).image, scale))
         except BadImage as err:
             raise ValueError(f"{path}: {err}") from None
         out.append(

@@ -14,20 +14,30 @@ taken on 0..1 values, because that is the scale at which the paper's alpha ~ N(0
 gives a lighting shift of a few intensity levels (the 0..255 eigenvalues are 255^2
 larger and would swamp the image). The offset added to a 0..255 pixel is therefore
 255 * P @ (alpha * lambda); see `lighting_offsets`.
+
+`DatasetStats.load` trusts nothing in the file: members larger than the largest
+scale allows are refused before they are read, and every array must have its
+shape and hold finite values (a DatasetError naming the file otherwise).
 """
 
 from __future__ import annotations
 
 import io
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from alexserve.config import MAX_INPUT_SIZE
 from alexserve.data.prepared_tree import DatasetError
 from alexserve.durable import write_atomically
 
 PIXEL_SCALE = 255.0
+# The largest scale_size a config accepts (DataConfig.scale_size); a mean image larger than this is damage.
+MAX_SCALE_SIZE = 2 * MAX_INPUT_SIZE
+# No member of a stats file is bigger than a float64 mean image at that scale, plus the .npy header.
+_MAX_MEMBER_BYTES = MAX_SCALE_SIZE * MAX_SCALE_SIZE * 3 * 8 + 4096
 
 
 @dataclass(frozen=True)
@@ -70,8 +80,9 @@ class DatasetStats:
                 f"{path}: stats file (mean image and RGB PCA) not found; run `alexserve prepare SRC DST` "
                 "and use DST/train as data.train_dir (or set data.stats_path)"
             )
+        _check_member_sizes(path)
         try:
-            with np.load(path) as z:
+            with np.load(path, allow_pickle=False) as z:
                 stats = cls(
                     mean_image=z["mean_image"].astype(np.float32),
                     rgb_covariance=z["rgb_covariance"],
@@ -83,13 +94,40 @@ class DatasetStats:
         except (OSError, KeyError, ValueError) as err:
             raise DatasetError(f"{path}: not a stats file written by `alexserve prepare`: {err}") from None
         s = stats.scale_size
-        if stats.mean_image.shape != (s, s, 3):
-            raise DatasetError(f"{path}: mean_image has shape {stats.mean_image.shape}, expected ({s}, {s}, 3)")
+        if not 1 <= s <= MAX_SCALE_SIZE:
+            raise DatasetError(f"{path}: scale_size {s} is outside 1..{MAX_SCALE_SIZE}")
+        if stats.num_images < 1:
+            raise DatasetError(f"{path}: num_images is {stats.num_images}, expected at least 1")
+        shapes = {
+            "mean_image": (stats.mean_image, (s, s, 3)),
+            "rgb_covariance": (stats.rgb_covariance, (3, 3)),
+            "rgb_eigenvalues": (stats.rgb_eigenvalues, (3,)),
+            "rgb_eigenvectors": (stats.rgb_eigenvectors, (3, 3)),
+        }
+        for name, (array, shape) in shapes.items():
+            if array.shape != shape:
+                raise DatasetError(f"{path}: {name} has shape {array.shape}, expected {shape}")
+            if not np.issubdtype(array.dtype, np.floating) or not np.isfinite(array).all():
+                raise DatasetError(f"{path}: {name} holds values that are not finite numbers (NaN or infinity)")
         return stats
 
     def lighting_offsets(self, alpha: np.ndarray) -> np.ndarray:
         """[N, 3] alphas -> [N, 3] RGB offsets in 0..255 units: 255 * P @ (alpha * lambda), one row per image."""
         return (PIXEL_SCALE * (alpha * self.rgb_eigenvalues) @ self.rgb_eigenvectors.T).astype(np.float32)
+
+
+def _check_member_sizes(path: Path) -> None:
+    """Refuses a stats file with a member bigger than any real stats file holds, before anything is decompressed."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                if info.file_size > _MAX_MEMBER_BYTES:
+                    raise DatasetError(
+                        f"{path}: member {info.filename} is {info.file_size} bytes, more than a stats file holds "
+                        f"(at most {_MAX_MEMBER_BYTES})"
+                    )
+    except (zipfile.BadZipFile, OSError) as err:
+        raise DatasetError(f"{path}: not a stats file written by `alexserve prepare`: {err}") from None
 
 
 class StatsAccumulator:

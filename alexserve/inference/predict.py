@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from alexserve.data.imageops import DEFAULT_MAX_IMAGE_PIXELS
 from alexserve.data.raw_images import load_ten_crops
 from alexserve.model.exported import ExportError, load_exported
 
@@ -25,9 +26,11 @@ class RankedClass:
     probability: float
 
 
-def predict(model, mean_image: np.ndarray, paths: list[Path], top: int = 5) -> list[list[tuple[int, float]]]:
+def predict(
+    model, mean_image: np.ndarray, paths: list[Path], top: int = 5, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+) -> list[list[tuple[int, float]]]:
     """(class index, probability) of the `top` most likely classes of each image, most likely first."""
-    crops = load_ten_crops(paths, mean_image, model.cfg.input_size)
+    crops = load_ten_crops(paths, mean_image, model.cfg.input_size, max_pixels)
     with torch.no_grad():
         n = crops.shape[0]
         probs = model(crops.flatten(0, 1)).softmax(dim=1).view(n, 10, -1).mean(dim=1)
@@ -43,15 +46,18 @@ def class_labels(meta: dict[str, Any]) -> dict[int, str]:
     }
 
 
-def predict_files(model_path: Path, images: list[Path], top: int = 5) -> list[list[RankedClass]]:
+def predict_files(
+    model_path: Path, images: list[Path], top: int = 5, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+) -> list[list[RankedClass]]:
     """The `top` classes of each image by the exported model at `model_path`.
 
-    Raises `ExportError` for a file that is not an export or has no mean image, and
-    `ValueError` for an image that cannot be read.
+    Raises `ExportError` for a file that is not an intact export (its SHA-256 and contents
+    are checked) or has no mean image, and `ValueError` for an image that cannot be read or
+    has more than `max_pixels` pixels.
     """
     model, meta = load_exported(model_path)
     if "mean_image" not in meta:
         raise ExportError(f"{model_path} has no mean image (its job did not train on a prepared tree)")
     labels = class_labels(meta)
-    ranked = predict(model, meta["mean_image"].numpy(), images, top)
+    ranked = predict(model, meta["mean_image"].numpy(), images, top, max_pixels)
     return [[RankedClass(i, labels.get(i, f"class {i}"), p) for i, p in row] for row in ranked]

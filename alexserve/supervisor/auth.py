@@ -43,9 +43,13 @@ def read_token(token_file: Path | None, env: dict[str, str] | None = None) -> st
 
 
 def tokens_match(expected: str | None, given: object) -> bool:
+    """True when no token is required or `given` is it; anything else (not a string, not UTF-8) is False."""
     if expected is None:
         return True
-    return isinstance(given, str) and hmac.compare_digest(expected.encode(), given.encode())
+    if not isinstance(given, str):
+        return False
+    # surrogatepass: JSON can carry a lone surrogate ("\\udc80"), which strict UTF-8 cannot encode.
+    return hmac.compare_digest(expected.encode(), given.encode("utf-8", "surrogatepass"))
 
 
 def is_loopback_host(host: str) -> bool:

@@ -5,7 +5,10 @@ Layout under the state dir, one folder per job:
     jobs/job-7/job.json      the record (durable.write_through: temp file, fsync, rename, fsync folder)
     jobs/job-7/config.json   the JobConfig the workers read
     jobs/job-7/worker.log    torchrun's and the workers' output, every attempt appended
-    jobs/job-7/run/          the default run dir (history, checkpoints/)
+
+Run dirs live under the runs root (`job_paths.py`). A record that cannot be
+saved (a full or read-only disk, too many open files) keeps the error in
+`write_error` (shown by `job status`) and is saved again at its next change.
 """
 
 from __future__ import annotations
@@ -39,6 +42,15 @@ class JobRecord(BaseModel):
     spec: dict[str, Any]
     run_dir: str
     checkpoint_dir: str = Field("", description="Where the workers commit checkpoints (config.train.checkpoints).")
+    run_id: str = Field(
+        "",
+        description="The identity the job's checkpoints and history carry (ALEXSERVE_RUN_ID): its own id, or the "
+        "run id of the job it continues. Empty in records older than the field: the job's id.",
+    )
+    continues: str | None = Field(None, description="The job whose folders (and run id) this one took over.")
+    write_error: str | None = Field(
+        None, description="Why the last save of this record failed; cleared by the next save that succeeds."
+    )
     max_restarts: int
     num_pairs: int = Field(1, ge=1, description="Tower pairs: the worker group has 2 * num_pairs ranks.")
     restarts: int = Field(0, description="Relaunches after a worker death in the current run (reset by resume).")

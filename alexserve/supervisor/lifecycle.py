@@ -11,12 +11,23 @@ Cancel and shutdown kill the whole process tree, and a new supervisor marks
 what a crashed one was running as interrupted, so no orphan workers remain.
 
 Every state change goes through `states.transition`; `set_state` adds the
-reason, saves the record and updates the alexserve_jobs gauge.
+reason, saves the record and updates the alexserve_jobs gauge. A record that
+cannot be saved (OSError: too many open files, a read-only or full disk, a
+failed rename) is marked with the error (`write_error`, alexserve_state_write_errors_total)
+and the service goes on; a failure while handling one job in `tick` is that
+job's alone.
+
+Each launch gets, in its environment, the job id, its run id (the identity its
+checkpoints and history carry) and the job's channel secret (`secrets.token_hex`,
+made once per job by this supervisor and never written to disk), which every
+report and Hello must show (`channels.py`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,9 +35,10 @@ from pathlib import Path
 from typing import Any
 
 from alexserve.checkpoint.naming import newest_committed_step
-from alexserve.contract.names import ENV_JOB_ID, WorkerExit
+from alexserve.contract.names import ENV_CHANNEL_SECRET, ENV_JOB_ID, ENV_RUN_ID, WorkerExit
 from alexserve.contract.worker_messages import Message, PauseCommand
 from alexserve.supervisor import process
+from alexserve.supervisor.job_paths import PathRefused, check_unmoved
 from alexserve.supervisor.jobs import JobRecord, JobStore, tail_lines
 from alexserve.supervisor.metrics import SupervisorMetrics
 from alexserve.supervisor.options import ServerOptions
@@ -59,8 +71,13 @@ class JobLifecycle:
         self.options, self.store, self.metrics = options, store, metrics
         self.jobs: dict[str, JobRecord] = {}
         self.runtime: dict[str, JobRuntime] = {}
+        self.runs_root = Path(options.runs_root or store.state_dir / "runs").expanduser().resolve()
+        """Every job's folders live below it (`job_paths.py`)."""
+        self.secrets: dict[str, str] = {}
+        """Each launched job's channel secret (job id -> hex), made at its first launch; never persisted."""
         self.worker_env: dict[str, str] = {}
-        """What every launched worker gets in its environment besides the job id: the channels' addresses, the token."""
+        """What every launched worker gets in its environment besides its job's: the channels' addresses."""
+        self._tick_errors: dict[str, str] = {}  # the last error tick() logged for each job: logged once, not per tick
         self.drain_reports: Callable[[], None] = lambda: None
         """Reads the reports still queued; called before a group's exit is judged (its last steps, `stopped`)."""
 
@@ -80,12 +97,26 @@ class JobLifecycle:
                 )
                 record.finished_at = time.time()
                 record.pid = None
-                self.store.save(record)
+                self.save(record)
             self.jobs[record.id] = record
 
-    def save(self, job: JobRecord) -> None:
-        self.store.save(job)
-        self.update_job_gauge()
+    def save(self, job: JobRecord) -> bool:
+        """Saves the record; on OSError marks it (`write_error`), counts and logs it, and returns False."""
+        was = job.write_error
+        try:
+            job.write_error = None
+            self.store.save(job)
+        except OSError as err:
+            job.write_error = f"{time.strftime('%Y-%m-%d %H:%M:%S')} could not save the job record: {err}"
+            self.metrics.state_write_errors.inc()
+            if was is None:
+                log.info(f"{job.id}: {job.write_error}; the service goes on, and the next change saves it again")
+            return False
+        finally:
+            self.update_job_gauge()
+        if was is not None:
+            log.info(f"{job.id}: job record saved again after: {was}")
+        return True
 
     def set_state(self, job: JobRecord, state: JobState, reason: str) -> None:
         transition(job, state)
@@ -128,31 +159,62 @@ class JobLifecycle:
         """Reaps exited groups, kills overdue stopping ones, relaunches due ones, launches queued jobs."""
         now = time.monotonic()
         for job in list(self.jobs.values()):
-            rt = self.runtime.get(job.id)
-            if rt is None:
-                continue
-            if rt.proc is not None:
-                code = rt.proc.poll()
-                if code is not None:
-                    self.on_exit(job, rt, code)
-                elif job.state == JobState.STOPPING and rt.stop_deadline is not None and now > rt.stop_deadline:
-                    self.kill(job)
-                    timeout = self.options.stop_timeout_seconds
-                    self.finish(job, JobState.FAILED, f"did not stop within {timeout:g}s; worker group killed")
-            elif rt.relaunch_at is not None and now >= rt.relaunch_at:
-                rt.relaunch_at = None
-                self.launch(job)
+            with self._job_errors_logged(job):
+                self._tick_job(job, now)
         slots = self.options.max_running - sum(1 for j in self.jobs.values() if j.state in ACTIVE_STATES)
         queued = sorted(
             (j for j in self.jobs.values() if j.state == JobState.QUEUED), key=lambda j: (j.created_at, j.id)
         )
         for job in queued[: max(slots, 0)]:
+            with self._job_errors_logged(job):
+                self.launch(job)
+
+    @contextlib.contextmanager
+    def _job_errors_logged(self, job: JobRecord):
+        """An OSError while handling one job is that job's: it is marked and logged (once), the others go on."""
+        try:
+            yield
+        except OSError as err:
+            if self._tick_errors.get(job.id) != str(err):
+                log.info(f"{job.id}: {err} (tried again at the next tick)")
+            self._tick_errors[job.id] = str(err)
+            job.write_error = job.write_error or f"{time.strftime('%Y-%m-%d %H:%M:%S')} {err}"
+        else:
+            self._tick_errors.pop(job.id, None)
+
+    def _tick_job(self, job: JobRecord, now: float) -> None:
+        rt = self.runtime.get(job.id)
+        if rt is None:
+            return
+        if rt.proc is not None:
+            code = rt.proc.poll()
+            if code is not None:
+                self.on_exit(job, rt, code)
+            elif job.state == JobState.STOPPING and rt.stop_deadline is not None and now > rt.stop_deadline:
+                self.kill(job)
+                timeout = self.options.stop_timeout_seconds
+                self.finish(job, JobState.FAILED, f"did not stop within {timeout:g}s; worker group killed")
+        elif rt.relaunch_at is not None and now >= rt.relaunch_at:
+            rt.relaunch_at = None
             self.launch(job)
 
     def launch(self, job: JobRecord) -> None:
         """Starts the job's worker group (first launch or relaunch); a failure to start fails the job."""
+        try:
+            check_unmoved(job)
+        except PathRefused as err:
+            self.runtime.pop(job.id, None)
+            self.finish(job, JobState.FAILED, str(err))
+            return
         rt = self.runtime.setdefault(job.id, JobRuntime())
-        env = {ENV_JOB_ID: job.id, **self.worker_env, process.MARK_ENV: str(self.store.state_dir)}
+        secret = self.secrets.setdefault(job.id, secrets.token_hex(32))
+        env = {
+            ENV_JOB_ID: job.id,
+            ENV_RUN_ID: job.run_id or job.id,
+            ENV_CHANNEL_SECRET: secret,
+            **self.worker_env,
+            process.MARK_ENV: str(self.store.state_dir),
+        }
         try:
             rt.proc = process.launch_worker_group(
                 self.store.config_path(job.id),
@@ -247,11 +309,15 @@ class JobLifecycle:
             job.exit_code = process.kill_tree(rt.proc)
 
     def close(self) -> None:
-        """Kills every worker group and fails the jobs that were active, saying how to continue them."""
-        for job in self.jobs.values():
+        """Kills every worker group, then fails the jobs that were active, saying how to continue them."""
+        for job in self.jobs.values():  # every group first: a failure to record one job must not spare another
             rt = self.runtime.get(job.id)
             if rt is not None and rt.proc is not None:
-                process.kill_tree(rt.proc)
+                try:
+                    process.kill_tree(rt.proc)
+                except OSError as err:
+                    log.info(f"{job.id}: could not kill the worker group ({err}); the next supervisor kills it")
+        for job in self.jobs.values():
             if job.state in ACTIVE_STATES:
                 self.finish(
                     job,

@@ -125,6 +125,16 @@ class SupervisorMetrics:
         self.reports_rejected = Counter(
             "alexserve_worker_reports_rejected", "Worker messages dropped, by reason.", ["reason"], registry=r
         )
+        self.state_write_errors = Counter(
+            "alexserve_state_write_errors",
+            "Job records that could not be saved (the job is marked with the error; the service goes on).",
+            registry=r,
+        )
+        self.http_connections_refused = Counter(
+            "alexserve_http_connections_refused",
+            "Connections to /metrics and /healthz closed at once because the connection limit was reached.",
+            registry=r,
+        )
 
         for rank in RANKS:
             self._create_rank_series(rank)
@@ -205,5 +215,7 @@ METRIC_NAMES = (
     "alexserve_last_checkpoint_timestamp_seconds",
     "alexserve_control_requests_total",
     "alexserve_worker_reports_rejected_total",
+    "alexserve_state_write_errors_total",
+    "alexserve_http_connections_refused_total",
 )
 """Every exported metric family's sample name (histograms add _bucket/_sum/_count): the dashboard's vocabulary."""

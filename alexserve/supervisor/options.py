@@ -13,6 +13,8 @@ from alexserve.supervisor.process import WORKER_MODULE
 class ServerOptions:
     state_dir: Path
     """Job records, configs and worker logs; locked, so one supervisor uses it at a time."""
+    runs_root: Path | None = None
+    """Where every job's run dir lives (specs name folders relative to it); None: STATE_DIR/runs."""
     control_addr: str = DEFAULT_CONTROL_ADDR
     """ZeroMQ endpoint of the control socket (`alexserve job` talks to it)."""
     metrics_host: str = "127.0.0.1"
@@ -20,7 +22,7 @@ class ServerOptions:
     metrics_port: int = DEFAULT_METRICS_PORT
     """Port of /metrics and /healthz; 0 picks a free one."""
     token: str | None = None
-    """Required on every request and worker Hello when set; needed for non-loopback binds."""
+    """Required on every control request (and on /metrics off loopback) when set; needed for non-loopback binds."""
     metrics_public: bool = False
     """Serve /metrics without the token even on a non-loopback address (a private network)."""
     max_running: int = 1

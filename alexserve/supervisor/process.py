@@ -3,13 +3,16 @@
 torchrun starts each worker in a new session of its own, so killing torchrun's
 process group is not enough: `kill_tree` freezes the tree (SIGSTOP, so nothing
 new is forked while we look), collects every descendant (psutil), and SIGKILLs
-them all. Everything the supervisor starts carries `MARK_ENV` in its
+them all. A failure part way (psutil cannot read /proc: too many open files)
+still SIGKILLs what was frozen, and SIGCONTs what could not be killed: a tree is
+never left stopped. Everything the supervisor starts carries `MARK_ENV` in its
 environment, so a new supervisor finds and kills what a crashed one left.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -20,7 +23,7 @@ from pathlib import Path
 import psutil
 
 import alexserve
-from alexserve.contract.names import ENV_JOB_ID, ENV_SUPERVISOR_PID
+from alexserve.contract.names import ENV_JOB_ID, ENV_SUPERVISOR_PID, ENV_TOKEN
 
 MARK_ENV = (
     "ALEXSERVE_SUPERVISED_BY"  # set only in the environment of what the supervisor starts: leftovers can be found
@@ -56,6 +59,7 @@ def launch_worker_group(
 ) -> subprocess.Popen:
     """torchrun (through the die-with-parent launcher) in a new session, output appended to `log_path`."""
     full_env = dict(os.environ)
+    full_env.pop(ENV_TOKEN, None)  # the control token is the supervisor's; workers show their job's channel secret
     full_env.update(env)
     # The workers must import this very alexserve, installed or not.
     package_root = str(Path(alexserve.__file__).resolve().parent.parent)
@@ -86,20 +90,37 @@ def _descendants(root: psutil.Process) -> list[psutil.Process]:
         return []
 
 
-def _suspend(processes: Iterable[psutil.Process]) -> None:
+def _suspend(processes: Iterable[psutil.Process], frozen: list[psutil.Process]) -> None:
     for process in processes:
         try:
             process.suspend()  # SIGSTOP: a frozen process forks nothing new while the tree is collected
+            frozen.append(process)
         except _GONE:
             pass
 
 
-def _kill(processes: Iterable[psutil.Process]) -> None:
+def _kill(processes: Iterable[psutil.Process]) -> list[psutil.Process]:
+    """SIGKILLs each process; the ones that could not be signalled (not gone, yet the kill failed)."""
+    missed = []
     for process in processes:
         try:
             process.kill()  # SIGKILL; psutil checks the pid was not reused meanwhile
         except _GONE:
             pass
+        except OSError:
+            missed.append(process)
+    return missed
+
+
+def _kill_or_thaw(frozen: list[psutil.Process]) -> None:
+    """After a failure part way: SIGKILLs what was frozen, SIGCONTs what could not be killed (never left stopped)."""
+    for process in _kill(frozen):
+        for sig in (signal.SIGKILL, signal.SIGCONT):  # bare signals need no /proc reads; frozen by us just now
+            try:
+                os.kill(process.pid, sig)
+                break
+            except OSError:
+                pass
 
 
 def kill_tree(proc: subprocess.Popen, wait_seconds: float = 10.0) -> int | None:
@@ -109,12 +130,17 @@ def kill_tree(proc: subprocess.Popen, wait_seconds: float = 10.0) -> int | None:
     except _GONE:  # already reaped: its workers, if any, are no longer below it (kill_job_processes finds them)
         root = None
     if root is not None:
-        if proc.poll() is None:
-            _suspend([root])
-        tree = _descendants(root)
-        _suspend(tree)
-        tree = list(dict.fromkeys(tree + _descendants(root)))  # anything forked before the freeze
-        _kill([root, *tree])
+        frozen: list[psutil.Process] = []
+        try:
+            if proc.poll() is None:
+                _suspend([root], frozen)
+            tree = _descendants(root)
+            _suspend(tree, frozen)
+            tree = list(dict.fromkeys(tree + _descendants(root)))  # anything forked before the freeze
+            _kill_or_thaw(list(dict.fromkeys([root, *tree, *frozen])))
+        except BaseException:
+            _kill_or_thaw(frozen)
+            raise
     try:
         return proc.wait(timeout=wait_seconds)
     except subprocess.TimeoutExpired:
@@ -147,10 +173,15 @@ def marked_processes(state_dir: Path, job_id: str | None = None) -> list[int]:
 
 def kill_leftovers(state_dir: Path, job_id: str | None = None) -> list[int]:
     """Freezes, then SIGKILLs the processes a supervisor of `state_dir` started (for `job_id`, or all); their pids."""
-    found = _marked(state_dir, job_id)
-    _suspend(found)
-    found = list(dict.fromkeys(found + _marked(state_dir, job_id)))  # forked before the freeze
-    _kill(found)
+    frozen: list[psutil.Process] = []
+    try:
+        found = _marked(state_dir, job_id)
+        _suspend(found, frozen)
+        found = list(dict.fromkeys(found + _marked(state_dir, job_id)))  # forked before the freeze
+        _kill_or_thaw(found)
+    except BaseException:
+        _kill_or_thaw(frozen)
+        raise
     return [process.pid for process in found]
 
 

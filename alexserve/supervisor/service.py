@@ -8,8 +8,12 @@ One thread runs everything that changes job state: a poll over the control
 socket (REP: one request, one reply; `verbs.py`), the worker channels (the
 report PULL and the command ROUTER; `channels.py`), then a tick of the job
 lifecycle (reap, relaunch, launch queued jobs; `lifecycle.py`). /metrics and
-/healthz are served from a daemon thread that only reads the registry
-(`http_endpoint.py`).
+/healthz are served from daemon threads that only read the registry
+(`http_endpoint.py`: timeouts, a bounded number of connections).
+
+Nothing a job, a worker or a disk does ends the loop: a failed write marks the
+job it was for (`lifecycle.save`), and an unexpected error in one part of a
+poll is logged and the next poll goes on.
 """
 
 from __future__ import annotations
@@ -48,11 +52,12 @@ class Supervisor:
         self.store = JobStore(options.state_dir)
         self.metrics = SupervisorMetrics()
         self.lifecycle = JobLifecycle(options, self.store, self.metrics)
-        self.channels = WorkerChannels(self.lifecycle, self.metrics, options.token)
+        self.channels = WorkerChannels(self.lifecycle, self.metrics)
         self.lifecycle.drain_reports = self.channels.drain_reports
         self.verbs = ControlVerbs(options, self.lifecycle, self.channels, self.metrics, self.health)
         self.started_at = time.time()
         self._stop_requested = False
+        self._last_poll_error: tuple[str, str] | None = None
         self._lock_file: IO[str] | None = None
         self.context: zmq.Context | None = None
         self.control: zmq.Socket | None = None
@@ -73,6 +78,7 @@ class Supervisor:
     def start(self) -> None:
         """Locks the state dir, kills leftovers, recovers job records, binds every socket."""
         self._lock_state_dir()
+        self.lifecycle.runs_root.mkdir(parents=True, exist_ok=True)
         leftovers = process.kill_leftovers(self.store.state_dir)
         if leftovers:
             log.info(f"killed {len(leftovers)} worker process(es) left by a previous supervisor: {leftovers}")
@@ -91,6 +97,7 @@ class Supervisor:
             self.metrics.registry,
             self.health,
             None if metrics_open else self.options.token,
+            on_refused=self.metrics.http_connections_refused.inc,
         )
         self.http.start()
         for sock in (self.control, self.channels.reports, self.channels.commands):
@@ -98,7 +105,7 @@ class Supervisor:
         self.lifecycle.update_job_gauge()
         log.info(
             f"control {self.control_addr}, metrics http://{self.http.host}:{self.http.port}/metrics, "
-            f"state {self.store.state_dir}, {len(self.jobs)} job(s) on record"
+            f"state {self.store.state_dir}, runs root {self.lifecycle.runs_root}, {len(self.jobs)} job(s) on record"
         )
 
     def _lock_state_dir(self) -> None:
@@ -124,14 +131,26 @@ class Supervisor:
         if self.control in events:
             self._serve_control()
         if self.channels.reports in events:
-            self.channels.drain_reports()
+            self._guarded("reading reports", self.channels.drain_reports)
         if self.channels.commands in events:
-            self.channels.drain_hellos()
-        self.lifecycle.tick()
+            self._guarded("reading hellos", self.channels.drain_hellos)
+        self._guarded("the job lifecycle tick", self.lifecycle.tick)
+
+    def _guarded(self, what: str, step) -> None:
+        """Runs one part of a poll; an error there is logged and the service goes on (the next poll retries)."""
+        try:
+            step()
+        except Exception as err:  # a bug or an exhausted resource must not end the service
+            if self._last_poll_error != (what, repr(err)):  # once, not ten times a second
+                log.error(f"error in {what}: {err!r}\n{traceback.format_exc()}")
+            self._last_poll_error = (what, repr(err))
 
     def close(self) -> None:
         """Kills every worker group (recording why), closes sockets and the HTTP server."""
-        self.lifecycle.close()
+        try:
+            self.lifecycle.close()
+        except Exception as err:  # the sockets and the lock are released whatever happened
+            log.error(f"error while killing the worker groups: {err!r}\n{traceback.format_exc()}")
         if self.http is not None:
             self.http.close()
             self.http = None
@@ -156,4 +175,7 @@ class Supervisor:
         except Exception as err:  # the server stays up whatever a request does
             log.error(f"internal error answering a request: {err!r}\n{traceback.format_exc()}")
             reply = error_reply(f"internal error: {err!r}"[:1000])
-        self.control.send(reply)
+        try:
+            self.control.send(reply)
+        except zmq.ZMQError as err:  # the client went away; REP is ready for the next request either way
+            log.info(f"control reply not sent: {err}")

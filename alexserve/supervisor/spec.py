@@ -3,12 +3,16 @@
     # job.yaml
     name: demo                 # optional label shown by `alexserve job list`
     max_restarts: 2            # relaunches from the newest checkpoint after a worker dies
-    run_dir: runs/demo         # optional; history and checkpoints (run_dir/checkpoints, or config.train.checkpoint_dir)
+    run_dir: demo              # optional; history and checkpoints (run_dir/checkpoints, or config.train.checkpoint_dir)
+    continues: job-3           # optional; take over job-3's folders (it must have ended) and continue its run
     config:                    # a JobConfig (alexserve/config.py): model, data, optim, train, dist
       data: {source: folder, train_dir: /data/imagenet/train}
       train: {batch_size: 128}
 
-Relative paths are resolved by the supervisor against its working directory.
+`run_dir` and `config.train.checkpoint_dir` are relative to the supervisor's
+runs root and may not leave it, nor share a folder with another job
+(`job_paths.py`); other relative paths (data) are resolved by the workers against
+the supervisor's working directory.
 An invalid spec is rejected with every bad field named, before anything is launched.
 """
 
@@ -28,6 +32,7 @@ from alexserve.config import (
     read_config_file,
     set_dotted,
 )
+from alexserve.contract.worker_messages import JobId
 
 
 class SpecError(ConfigError):
@@ -52,8 +57,14 @@ class JobSpec(StrictModel):
     )
     run_dir: Path | None = Field(
         None,
-        description="History and checkpoints (run_dir/checkpoints); replaces config.train.run_dir. "
-        "None: config.train.run_dir when set in the spec, else the job's folder in the state dir.",
+        description="History and checkpoints (run_dir/checkpoints), relative to the supervisor's runs root; "
+        "replaces config.train.run_dir. None: config.train.run_dir when set in the spec, else the folder of the "
+        "job it continues, else RUNS_ROOT/JOB_ID.",
+    )
+    continues: JobId | None = Field(
+        None,
+        description="The id of an ended job whose folders this job takes over, continuing from its checkpoints. "
+        "Without it, a folder already used by a recorded job is refused.",
     )
     num_pairs: int = Field(
         1, ge=1, le=32, description="Tower pairs (data parallel) on this node: torchrun starts 2 * num_pairs workers."

@@ -4,12 +4,21 @@
 decode, check the token, validate, dispatch on the verb, count the outcome in
 alexserve_control_requests_total. A request that cannot be done (an unknown
 job, a verb that does not apply to the job's state, an invalid spec) gets an
-error reply naming why; nothing a client sends can stop the supervisor.
+error reply naming why; nothing a client sends can stop the supervisor. A
+request without the right token is refused and logged in one line (at most one
+such line every few seconds), never with a traceback.
+
+`submit` places the job's folders below the runs root and refuses one that
+another recorded job uses (`job_paths.py`), unless the spec `continues` that
+job; a job that failed to be recorded (a full or read-only disk) is refused
+with the error and leaves nothing behind.
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,11 +41,13 @@ from alexserve.supervisor.control_messages import (
     ok_reply,
     validate_request,
 )
+from alexserve.supervisor.job_paths import PathRefused, check_clear_of, check_unshared, folder_below
 from alexserve.supervisor.jobs import JobRecord, tail_lines
 from alexserve.supervisor.lifecycle import JobLifecycle
 from alexserve.supervisor.metrics import INVALID_VERB, SupervisorMetrics
 from alexserve.supervisor.options import ServerOptions
-from alexserve.supervisor.spec import SpecError, spec_from_tree
+from alexserve.supervisor.quiet_log import RateLimitedLog
+from alexserve.supervisor.spec import JobSpec, SpecError, spec_from_tree
 from alexserve.supervisor.states import FINAL_STATES, RESUMABLE_STATES, JobState
 
 log = logging.getLogger(__name__)
@@ -64,6 +75,7 @@ class ControlVerbs:
         self.metrics = metrics
         self.health = health
         self.store = lifecycle.store
+        self.noise = RateLimitedLog(log)
         self.handlers: dict[str, Callable[[Message], dict[str, Any]]] = {
             verb: getattr(self, f"verb_{verb}") for verb in VERBS
         }
@@ -86,11 +98,13 @@ class ControlVerbs:
         verb = tree.get("verb")
         if not tokens_match(self.options.token, tree.get("token")):
             count(verb, "unauthorized")
+            shown = verb[:32] if isinstance(verb, str) else "(none)"
+            self.noise("unauthorized", f"refused a control request without the right token (verb {shown!r})")
             return error_reply("unauthorized: this supervisor requires a token (ALEXSERVE_TOKEN or --token-file)")
         try:
             request = validate_request(tree)
             result = self.handlers[request.verb](request)
-        except (MessageError, RequestError, SpecError) as err:
+        except (MessageError, RequestError, SpecError, PathRefused) as err:
             count(verb, "error")
             return error_reply(str(err))
         count(verb, "ok")
@@ -110,36 +124,90 @@ class ControlVerbs:
     def verb_submit(self, request) -> dict[str, Any]:
         spec = spec_from_tree(request.spec, request.origin)
         job_id = self.store.next_id(self.lifecycle.jobs)
-        config_tree = request.spec.get("config")
-        config_train = config_tree.get("train", {}) if isinstance(config_tree, dict) else {}
-        if spec.run_dir is not None:
-            run_dir = spec.run_dir
-        elif isinstance(config_train, dict) and "run_dir" in config_train:
-            run_dir = spec.config.train.run_dir
-        else:
-            run_dir = self.store.job_dir(job_id) / "run"
-        run_dir = Path(run_dir).expanduser().resolve()
+        run_dir, checkpoint_dir, base = self._job_folders(spec, request.spec, job_id)
         config = spec.config.model_copy(deep=True)
         config.train.run_dir = run_dir
-        if config.train.checkpoint_dir is not None:
-            config.train.checkpoint_dir = Path(config.train.checkpoint_dir).expanduser().resolve()
-        self.store.job_dir(job_id).mkdir(parents=True, exist_ok=False)
-        self.store.write_config(job_id, config.model_dump(mode="json"))
+        config.train.checkpoint_dir = checkpoint_dir
         job = JobRecord(
             id=job_id,
             name=spec.name,
             spec=request.spec,
             run_dir=str(run_dir),
             checkpoint_dir=str(config.train.checkpoints),
+            # Unique beyond this state dir: a job id alone repeats when a state dir starts afresh.
+            run_id=(base.run_id or base.id) if base is not None else f"{job_id}.{secrets.token_hex(4)}",
+            continues=base.id if base is not None else None,
             max_restarts=spec.max_restarts,
             num_pairs=spec.num_pairs,
-            reason="waiting for a free slot",
+            reason="waiting for a free slot" if base is None else f"waiting for a free slot; continues {base.id}",
         )
+        try:
+            self.store.job_dir(job_id).mkdir(parents=True, exist_ok=False)
+            self.store.write_config(job_id, config.model_dump(mode="json"))
+            self.store.save(job)
+            run_dir.mkdir(parents=True, exist_ok=True)  # claimed now: later symlink tricks show at launch
+        except OSError as err:
+            shutil.rmtree(self.store.job_dir(job_id), ignore_errors=True)
+            raise RequestError(f"could not record the job: {err}; nothing submitted") from None
         self.lifecycle.jobs[job_id] = job
-        self.lifecycle.save(job)
-        log.info(f"{job_id} submitted ({request.origin}), run dir {run_dir}")
+        self.lifecycle.update_job_gauge()
+        log.info(f"{job_id} submitted ({request.origin}), run dir {run_dir}, run id {job.run_id}")
         self.lifecycle.tick()  # launch at once when a slot is free
         return job.summary()
+
+    def _job_folders(
+        self, spec: JobSpec, tree: dict[str, Any], job_id: str
+    ) -> tuple[Path, Path | None, JobRecord | None]:
+        """(run dir, checkpoint dir or None for run_dir/checkpoints, the job continued or None), checked."""
+        root = self.lifecycle.runs_root
+        config_tree = tree.get("config")
+        config_train = config_tree.get("train", {}) if isinstance(config_tree, dict) else {}
+        given = spec.run_dir
+        if given is None and isinstance(config_train, dict) and "run_dir" in config_train:
+            given = spec.config.train.run_dir
+        field = "run_dir" if spec.run_dir is not None else "config.train.run_dir"
+        run_dir = folder_below(root, given, field) if given is not None else None
+        checkpoint_dir = spec.config.train.checkpoint_dir
+        if checkpoint_dir is not None:
+            checkpoint_dir = folder_below(root, checkpoint_dir, "config.train.checkpoint_dir")
+        base = None
+        if spec.continues is not None:
+            base = self._continued(spec.continues)
+            base_run = Path(base.run_dir).resolve()
+            base_checkpoints = Path(base.checkpoint_dir or base_run / "checkpoints").resolve()
+            if run_dir is not None and run_dir != base_run:
+                raise PathRefused(f"{field} {run_dir}: a job that continues {base.id} uses its run dir {base_run}")
+            if checkpoint_dir is not None and checkpoint_dir != base_checkpoints:
+                raise PathRefused(
+                    f"config.train.checkpoint_dir {checkpoint_dir}: a job that continues {base.id} "
+                    f"uses its checkpoints {base_checkpoints}"
+                )
+            run_dir = base_run
+            checkpoint_dir = None if base_checkpoints == base_run / "checkpoints" else base_checkpoints
+        if run_dir is None:
+            run_dir = root / job_id
+        folders = {"run_dir": run_dir}
+        if checkpoint_dir is not None:
+            folders["checkpoint_dir"] = checkpoint_dir
+        run_id = (base.run_id or base.id) if base is not None else None
+        check_unshared(folders, self.lifecycle.jobs.values(), run_id)
+        check_clear_of(folders, self.store.jobs_dir)
+        return run_dir, checkpoint_dir, base
+
+    def _continued(self, job_id: str) -> JobRecord:
+        """The job a spec `continues`: it must have ended, and no other job may continue it already."""
+        base = self.lifecycle.jobs.get(job_id)
+        if base is None:
+            raise RequestError(f"continues: no job {job_id!r}; `alexserve job list` shows the known ones")
+        if base.state not in FINAL_STATES:
+            raise RequestError(f"continues: {base.id} is {base.state.value}; stop it (or let it end) first")
+        successor = self._successor(base)
+        if successor is not None:
+            raise RequestError(f"continues: {base.id} is already continued by {successor.id}; continue that one")
+        return base
+
+    def _successor(self, job: JobRecord) -> JobRecord | None:
+        return next((j for j in self.lifecycle.jobs.values() if j.continues == job.id), None)
 
     def verb_list(self, request) -> dict[str, Any]:
         ordered = sorted(self.lifecycle.jobs.values(), key=lambda j: (j.created_at, j.id))
@@ -179,6 +247,9 @@ class ControlVerbs:
             raise RequestError(
                 f"{job.id} is {job.state.value}; resume applies to paused, stopped, failed or cancelled jobs"
             )
+        successor = self._successor(job)
+        if successor is not None:  # its folders are successor's now: two jobs never write to one folder
+            raise RequestError(f"{job.id} was continued by {successor.id}, which owns its folders now; resume that one")
         job.restarts = 0
         job.finished_at = None
         job.exit_code = None

@@ -8,6 +8,14 @@ next `History` opened on the directory cuts off before appending.
 
 Only one process writes the history (rank 0); the others must not open it.
 
+Whose history: every line records the supervisor job that wrote it (`job_id`,
+from ALEXSERVE_JOB_ID; null for a worker run by hand, and absent in histories
+from before identities). A `History` opened for a job refuses (`HistoryError`,
+naming the file and both identities) a file holding any line it cannot
+attribute to that job, before cutting, rewinding or appending anything: a job
+never truncates a history it did not write. A `History` without a job (a hand
+run) keeps the old freedom and takes over whatever is there.
+
 `plot(run_dir)` redraws `run_dir/history.png` (loss; top-1/top-5 error, train
 and validation, centre and 10-crop; learning rate on a log scale, all against
 epoch) and replaces the old image atomically, so an image viewer never shows a
@@ -52,6 +60,8 @@ class EpochRecord:
     # Centre-crop top-1 accuracy below twice chance (train/divergence.py: near_chance): the net has not learned.
     # None in histories written before the field existed (their class count is not in the record).
     near_chance: bool | None = None
+    # The supervisor job that wrote the line (ALEXSERVE_JOB_ID); None for a hand run or an older history.
+    job_id: str | None = None
     timestamp: float = dataclasses.field(default_factory=time.time)  # Unix time the line was written
 
     def to_json(self) -> str:
@@ -74,15 +84,19 @@ class EpochRecord:
 
 
 class History:
-    """Appends `EpochRecord`s to `run_dir/history.jsonl` (rank 0 only)."""
+    """Appends `EpochRecord`s to `run_dir/history.jsonl` (rank 0 only), stamped with `job_id`."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, job_id: str | None = None) -> None:
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / HISTORY_FILE
+        self.job_id = job_id
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        if job_id is not None:
+            _check_owner(self.path, job_id)  # before anything is cut or rewritten
         _cut_torn_tail(self.path)
 
     def append(self, record: EpochRecord) -> None:
+        record = dataclasses.replace(record, job_id=self.job_id)
         line = (record.to_json() + "\n").encode()
         created = not self.path.exists()
         # O_APPEND + one write: the line lands whole at the end or (crash) torn at the very end.
@@ -107,6 +121,34 @@ class History:
         kept = [r for r in _read_records(self.path) if r.epoch <= last_epoch]
         text = "".join(r.to_json() + "\n" for r in kept)
         write_atomically(self.path, text.encode())
+
+
+def _check_owner(path: Path, job_id: str) -> None:
+    """Raises HistoryError unless every line of the history at `path` (torn last line included) is `job_id`'s."""
+    if not path.exists():
+        return
+    lines = path.read_bytes().split(b"\n")
+    complete, tail = lines[:-1], lines[-1]
+    for number, raw in enumerate(complete, start=1):
+        if not raw.strip():
+            continue
+        writer = _parse_line(path, number, raw).job_id
+        if writer != job_id:
+            raise HistoryError(_foreign_message(path, number, writer, job_id))
+    # A torn last line cannot be parsed; it is this job's only if its own identity is in the part that was written.
+    if tail.strip() and f'"job_id": {json.dumps(job_id)},'.encode() not in tail:
+        raise HistoryError(
+            f"{path}:{len(complete) + 1}: a torn last line that does not show job {job_id!r} wrote it; "
+            "a job never cuts a history it did not write: give this job a folder of its own"
+        )
+
+
+def _foreign_message(path: Path, number: int, writer: str | None, job_id: str) -> str:
+    who = f"job {writer!r}" if writer is not None else "a run without a job identity (by hand, or older)"
+    return (
+        f"{path}:{number}: written by {who}, not by this job {job_id!r}; a job never appends to or truncates "
+        "a history it did not write: give this job a folder of its own"
+    )
 
 
 def _cut_torn_tail(path: Path) -> None:

@@ -259,3 +259,65 @@ def test_rng_state_round_trips_through_a_checkpoint(tmp_path):
     draw()  # move every generator on
     restore_rng_state(store.load(latest(store), "tower0")["rng"])
     assert draw() == expected
+
+
+# ---------------------------------------------------------------- identity and strict numbers (issue 13)
+
+
+def test_the_manifest_records_the_job_and_a_job_accepts_only_its_own(tmp_path):
+    hand = CheckpointStore(tmp_path / "hand", keep_last=3)
+    assert write_checkpoint(hand, 2).manifest[ckpt.JOB_ID_KEY] is None
+    job1 = CheckpointStore(tmp_path / "ckpt", keep_last=3, job_id="job-1")
+    ref = write_checkpoint(job1, 4)
+    assert json.loads((ref.path / ckpt.MARKER).read_text())[ckpt.JOB_ID_KEY] == "job-1"
+    assert job1.identity_problem(ref) is None
+    assert CheckpointStore(tmp_path / "ckpt", keep_last=3).identity_problem(ref) is None  # a hand run takes any
+    problem = CheckpointStore(tmp_path / "ckpt", keep_last=3, job_id="job-2").identity_problem(ref)
+    assert problem == (
+        f"{ref.path}: the checkpoint was written by job 'job-1', not by this job 'job-2'; "
+        "a job resumes only from its own checkpoints: give this job a folder of its own"
+    )
+    old = CheckpointStore(tmp_path / "hand", keep_last=3, job_id="job-1").identity_problem(latest(hand))
+    assert "records no job identity" in old
+
+
+def test_a_job_never_prunes_another_jobs_checkpoints(tmp_path):
+    job1 = CheckpointStore(tmp_path / "ckpt", keep_last=3, job_id="job-1")
+    for step in (1, 2, 9):
+        write_checkpoint(job1, step)
+    before = sorted(p.name for p in (tmp_path / "ckpt").iterdir())
+    # keep_last 1, and steps 9 > 3 look abandoned: the old store trashed all three of job-1's.
+    job2 = CheckpointStore(tmp_path / "ckpt", keep_last=1, job_id="job-2")
+    write_checkpoint(job2, 3)
+    write_checkpoint(job2, 5)
+    after = sorted(p.name for p in (tmp_path / "ckpt").iterdir() if p.name.startswith("step-"))
+    assert after == sorted([*(n for n in before if n.startswith("step-")), "step-000000005"])
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_non_finite_numbers_in_checkpoint_json_are_refused(tmp_path, constant):
+    store = CheckpointStore(tmp_path / "ckpt", keep_last=3)
+    ref = write_checkpoint(store, 4)
+    manifest = (ref.path / ckpt.MARKER).read_text()
+    (ref.path / ckpt.MARKER).write_text(manifest.replace('"created_unix": ', f'"created_unix": {constant}, "x": '))
+    with pytest.warns(UserWarning, match=f"COMMITTED: ignoring checkpoint .*non-finite number {constant}"):
+        assert store.latest() is None
+    (ref.path / ckpt.MARKER).write_text(manifest)
+    config = (ref.path / "config.json").read_text().replace('"learning_rate": 0.01', f'"learning_rate": {constant}')
+    (ref.path / "config.json").write_text(config)
+    data = (ref.path / "config.json").read_bytes()
+    import hashlib
+
+    fixed = json.loads(manifest)
+    fixed["config"].update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+    (ref.path / ckpt.MARKER).write_text(json.dumps(fixed))
+    with pytest.raises(CheckpointError, match=f"config.json: not valid JSON: non-finite number {constant}"):
+        store.load_config(latest(store))
+
+
+def test_a_non_finite_value_is_never_written_into_checkpoint_json(tmp_path):
+    store = CheckpointStore(tmp_path / "ckpt", keep_last=3)
+    for tower, name in enumerate(store.shard_names):
+        store.write_shard(4, name, tower_payload(4, tower))
+    with pytest.raises(CheckpointError, match="config.json: refusing to write a value that is not finite"):
+        store.commit(4, shared_payload(4), {"optim": {"learning_rate": float("nan")}})

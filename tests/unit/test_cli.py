@@ -14,7 +14,7 @@ from PIL import Image
 from alexserve.cli import SUBCOMMANDS, main
 from alexserve.config import ModelConfig
 from alexserve.model import AlexNetGrouped
-from alexserve.model.exported import EXPORT_FORMAT
+from alexserve.model.exported import EXPORT_FORMAT, seal
 
 # The commands whose modules live in alexserve/cli/; "train", "supervisor" and "job" have their own tests.
 LIBRARY_COMMANDS = ("synth", "digits", "prepare", "export", "eval", "predict")
@@ -101,7 +101,7 @@ def write_export(path: Path, **extras) -> None:
         "step": 0,
         **extras,
     }
-    torch.save(content, path)
+    torch.save(seal(content), path)
 
 
 def test_predict_needs_the_mean_image(tmp_path: Path, capsys):

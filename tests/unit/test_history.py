@@ -112,3 +112,39 @@ def test_plot_decodes_as_an_image(tmp_path):
     pixels = matplotlib.image.imread(plot(tmp_path))
     assert pixels.ndim == 3 and pixels.shape[2] in (3, 4)
     assert pixels[..., :3].std() > 0.05  # something was drawn
+
+
+def test_a_job_never_opens_a_history_it_did_not_write(tmp_path):
+    """Issue 13: a second job in the first one's folder emptied its history.jsonl (rewind to epoch 0)."""
+    first = History(tmp_path, job_id="job-1")
+    first.append(_record(1))
+    first.append(_record(2))
+    path = tmp_path / HISTORY_FILE
+    before = path.read_bytes()
+    assert all(json.loads(line)["job_id"] == "job-1" for line in before.decode().splitlines())
+    with pytest.raises(HistoryError, match=r"history.jsonl:1: written by job 'job-1', not by this job 'job-2'"):
+        History(tmp_path, job_id="job-2")
+    assert path.read_bytes() == before
+    History(tmp_path, job_id="job-1").rewind(1)  # its own: a resume from epoch 1 may cut epoch 2
+    assert [r.epoch for r in read_history(tmp_path)] == [1]
+
+
+def test_a_job_refuses_a_history_without_identity_and_a_hand_run_takes_any(tmp_path):
+    History(tmp_path).append(_record(1))  # a hand run (or a history from before identities)
+    path = tmp_path / HISTORY_FILE
+    before = path.read_bytes()
+    with pytest.raises(HistoryError, match="a run without a job identity"):
+        History(tmp_path, job_id="job-1")
+    assert path.read_bytes() == before
+    History(tmp_path, job_id=None).rewind(0)  # a hand run keeps its freedom
+    assert read_history(tmp_path) == []
+
+
+def test_a_torn_last_line_is_cut_only_when_it_shows_the_jobs_identity(tmp_path):
+    path = tmp_path / HISTORY_FILE
+    foreign = dataclasses.replace(_record(1), job_id="job-1").to_json()
+    path.write_text(foreign[: len(foreign) - 20])  # torn, but far enough to show who wrote it
+    with pytest.raises(HistoryError, match="torn last line that does not show job 'job-2'"):
+        History(tmp_path, job_id="job-2")
+    History(tmp_path, job_id="job-1").append(_record(1))
+    assert [r.job_id for r in read_history(tmp_path)] == ["job-1"]

@@ -50,7 +50,7 @@ def step(**kw) -> StepReport:
         CheckpointEvent(job_id="job-1", step=7),
         StateEvent(job_id="job-1", state="paused", step=7),
         ErrorEvent(job_id="job-1", message="x" * 10_000),
-        Hello(job_id="job-1", token="t" * 20),
+        Hello(job_id="job-1"),
     ],
 )
 def test_reports_round_trip(message):
@@ -120,11 +120,11 @@ def test_link_reports_and_commands_round_trip(monkeypatch):
     monkeypatch.setenv("ALEXSERVE_JOB_ID", "job-1")
     monkeypatch.setenv("ALEXSERVE_REPORT_ADDR", f"tcp://127.0.0.1:{report_port}")
     monkeypatch.setenv("ALEXSERVE_CONTROL_ADDR", f"tcp://127.0.0.1:{control_port}")
-    monkeypatch.setenv("ALEXSERVE_TOKEN", "0123456789abcdef")
+    monkeypatch.setenv("ALEXSERVE_CHANNEL_SECRET", "0123456789abcdef")
     link = SupervisorChannel.from_env(0)
     try:
-        identity, hello = router.recv_multipart()
-        assert parse_report(hello) == Hello(job_id="job-1", rank=0, token="0123456789abcdef")
+        identity, secret, hello = router.recv_multipart()  # every message travels behind the job's secret
+        assert secret == b"0123456789abcdef" and parse_report(hello) == Hello(job_id="job-1", rank=0)
         router.send_multipart([identity, b"garbage"])
         router.send_multipart([identity, PauseCommand(job_id="job-2").to_bytes()])  # another job's: ignored
         router.send_multipart([identity, PauseCommand(job_id="job-1", command_id=5).to_bytes()])
@@ -136,7 +136,9 @@ def test_link_reports_and_commands_round_trip(monkeypatch):
         assert command == PauseCommand(job_id="job-1", command_id=5)
         assert link.poll_command() is None
         link.send(StateEvent(job_id="job-1", state="paused", step=4))
-        assert parse_report(pull.recv()) == StateEvent(job_id="job-1", state="paused", step=4)
+        secret, report = pull.recv_multipart()
+        assert secret == b"0123456789abcdef"
+        assert parse_report(report) == StateEvent(job_id="job-1", state="paused", step=4)
     finally:
         link.close()
         pull.close()
