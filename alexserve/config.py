@@ -382,6 +382,18 @@ class TrainConfig(StrictModel):
     dtype: Literal["float32", "float64"] = Field(
         "float32", description="Parameter and activation dtype (float64 for exactness tests)."
     )
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32",
+        description="'fp32': compute in train.dtype. 'bf16': forward and loss under bfloat16 autocast (convolutions, "
+        "matmuls and the exchanges in bf16; parameters, loss and the optimizer in fp32); needs train.dtype float32.",
+    )
+    channels_last: bool = Field(
+        False, description="Conv weights and input in channels-last memory order (faster cuDNN kernels on GPUs)."
+    )
+    allow_tf32: bool = Field(
+        True,
+        description="On CUDA, fp32 convolutions and matmuls may use TF32 tensor cores; false asks for IEEE fp32.",
+    )
     run_dir: Path = Field(Path("runs/default"), description="Where history, plots and checkpoints of this job go.")
     checkpoint_dir: Path | None = Field(None, description="Checkpoint folder; None means run_dir/checkpoints.")
     checkpoint_every_steps: int | None = Field(
@@ -402,6 +414,12 @@ class TrainConfig(StrictModel):
         "the start: max(ln(num_classes), the first step's loss). A loss that is not finite always stops it.",
     )
 
+    @model_validator(mode="after")
+    def _bf16_needs_float32(self) -> TrainConfig:
+        if self.precision == "bf16" and self.dtype != "float32":
+            raise ValueError(f"precision bf16 autocasts float32 parameters; train.dtype is {self.dtype}")
+        return self
+
     @property
     def checkpoints(self) -> Path:
         return self.checkpoint_dir if self.checkpoint_dir is not None else self.run_dir / "checkpoints"
@@ -417,7 +435,17 @@ class DistConfig(StrictModel):
         "auto", description="'auto': cuda:LOCAL_RANK when there are enough GPUs, else CPU."
     )
     timeout_seconds: float = Field(
-        60.0, gt=0.0, le=3600.0, description="Process-group timeout: a silent peer is declared lost after this."
+        60.0,
+        gt=0.0,
+        le=3600.0,
+        description="A peer that died or froze (no heartbeat) is declared lost after this many seconds.",
+    )
+    collective_timeout_seconds: float = Field(
+        1800.0,
+        gt=0.0,
+        le=86400.0,
+        description="The process group's own timeout: the longest a collective or exchange waits for a live peer "
+        "(a backstop for a deadlock; rank 0 alone may spend this long on a checkpoint or plot). At most 86400.",
     )
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from alexserve.checkpoint.run_checkpointer import RunCheckpointer, open_store
+from alexserve.checkpoint.run_checkpointer import RunCheckpointer, job_identity, open_store
 from alexserve.checkpoint.store import CheckpointError
 from alexserve.config import ConfigError, JobConfig, load_config
 from alexserve.contract.names import WorkerExit
@@ -48,9 +48,10 @@ from alexserve.parallel.exchange import PeerExchange, PeerLostError
 from alexserve.parallel.process_group import process_group
 from alexserve.parallel.topology import LaunchError, Topology, topology_from_env
 from alexserve.train.divergence import TrainingDiverged
-from alexserve.train.history import History
+from alexserve.train.history import History, HistoryError
 from alexserve.train.loop import Learner, TowerTrainer, TrainerIO
 from alexserve.train.optimizer import PaperSGD
+from alexserve.train.precision import Precision, configure_device_math
 from alexserve.train.recipe import resolve_job
 from alexserve.train.schedule import PlateauSchedule
 
@@ -99,7 +100,8 @@ def build_sources(job: JobConfig, topology: Topology) -> tuple[TrainSource, Eval
 def build_tower(job: JobConfig, topology: Topology) -> AlexNetTower:
     tower = AlexNetTower(job.model, topology.tower)
     tower.reset_parameters(job.train.seed)
-    return tower.to(device=topology.device, dtype=getattr(torch, job.train.dtype))
+    tower = tower.to(device=topology.device, dtype=getattr(torch, job.train.dtype))
+    return Precision.of(job, topology.device).prepare(tower)  # channels-last weights when asked
 
 
 def resume_requested(args: argparse.Namespace) -> bool:
@@ -122,20 +124,23 @@ def run(job: JobConfig, topology: Topology, resume: bool, supervised: Supervisio
     if topology.device.type == "cpu":
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", topology.world_size))
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
-    with process_group(topology, job.dist.timeout_seconds):
+    configure_device_math(topology.device, job.train.allow_tf32)
+    with process_group(topology, job.dist.timeout_seconds, job.dist.collective_timeout_seconds) as watchdog:
         tower = build_tower(job, topology)
-        exchange = PeerExchange(topology.rank, topology.peer, topology.tower)
+        exchange = PeerExchange(
+            topology.rank, topology.peer, topology.tower, where=watchdog.where, channels_last=job.train.channels_last
+        )
         optimizer = PaperSGD.from_config(tower.parameters(), job.optim)
         schedule = PlateauSchedule(job.optim)
-        checkpointer = RunCheckpointer(job, topology, open_store(job))
+        checkpointer = RunCheckpointer(job, topology, open_store(job, job_identity()))
         position = checkpointer.restore(tower, optimizer, schedule) if resume else None
         history = None
         if topology.is_primary:
-            history = History(job.train.run_dir)
+            history = History(job.train.run_dir, job_identity())
             history.rewind(position.epoch if position else 0)
             if position:
                 print(f"resumed from the checkpoint at step {position.global_step}", file=sys.stderr, flush=True)
-        model = replicate_across_pairs(tower, topology, job.dist.timeout_seconds)  # after restore: pairs agree
+        model = replicate_across_pairs(tower, topology, job.dist.collective_timeout_seconds)  # after restore
         train_source, eval_source = build_sources(job, topology)
         try:
             learner = Learner(model, exchange, optimizer, schedule)
@@ -162,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         supervised = supervision(topology, stack)
         try:
             return run(job, topology, resume_requested(args), supervised)
-        except (DatasetError, CheckpointError) as err:
+        except (DatasetError, CheckpointError, HistoryError) as err:
             report_error(supervised.telemetry, f"{prefix} {err}")
             return WorkerExit.BAD_INPUT
         except PeerLostError as err:

@@ -20,6 +20,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("alexserve.cli.predict", "top-5 classes of raw images"),
     "supervisor": ("alexserve.cli.supervisor", "run the job-control and /metrics service"),
     "job": ("alexserve.cli.job", "talk to a running supervisor: submit, list, status, ..."),
+    "doctor": ("alexserve.cli.doctor", "check this host: GPUs, NCCL/gloo, DALI, two-tower parity, throughput"),
 }
 
 

@@ -70,17 +70,36 @@ def open_prepared_tree(job: JobConfig) -> PreparedTree:
     return PreparedTree(stats, classes, train_dir, val_dir)
 
 
-def _use_dali(job: JobConfig) -> bool:
-    if job.data.loader != "dali":
-        return False
+class LoaderUnavailableError(DatasetError):
+    """The configured loader cannot feed this device (DALI missing on a GPU host)."""
+
+
+def dali_import_error() -> ImportError | None:
+    """Why DALI does not import here, or None (a function, so tests can pretend DALI is missing)."""
     from alexserve.data.dali_loader import DALI_IMPORT_ERROR
 
-    if DALI_IMPORT_ERROR is not None:
-        warnings.warn(
-            f"data.loader is 'dali' but DALI does not import ({DALI_IMPORT_ERROR}); using the PIL loader", stacklevel=3
-        )
+    return DALI_IMPORT_ERROR
+
+
+def _use_dali(job: JobConfig, device: torch.device) -> bool:
+    """DALI unless `data.loader: pil`. Without DALI: the PIL peer on CPU (a warning), an error on a GPU.
+
+    On a GPU the PIL loader (a few decode processes, no GPU decode) would leave the GPU waiting for
+    data most of the time, so it runs there only when asked for by name.
+    """
+    if job.data.loader != "dali":
         return False
-    return True
+    err = dali_import_error()
+    if err is None:
+        return True
+    if device.type == "cuda":
+        raise LoaderUnavailableError(
+            f"data.loader is 'dali' and the device is {device}, but NVIDIA DALI does not import ({err}). "
+            "Install it (pip install nvidia-dali-cuda120, or alexserve[dali]; the Docker image has it), "
+            "or set data.loader: pil to train on the slower PIL loader on purpose."
+        )
+    warnings.warn(f"data.loader is 'dali' but DALI does not import ({err}); using the PIL loader", stacklevel=3)
+    return False
 
 
 def train_plan(job: JobConfig, num_images: int, stats: DatasetStats, dp_rank: int, dp_size: int) -> TrainPlan:
@@ -111,7 +130,7 @@ def build_train_source(job: JobConfig, *, dp_rank: int = 0, dp_size: int = 1, de
         device=device,
         dtype=_DTYPES[job.train.dtype],
     )
-    if _use_dali(job):
+    if _use_dali(job, device):
         from alexserve.data.dali_loader import DaliTrainSource
 
         return DaliTrainSource(files, plan, num_threads=job.data.num_workers, **common)
@@ -136,7 +155,7 @@ def build_eval_source(job: JobConfig, *, device: torch.device, split: str = "val
         device=device,
         dtype=_DTYPES[job.train.dtype],
     )
-    if _use_dali(job):
+    if _use_dali(job, device):
         from alexserve.data.dali_loader import DaliEvalSource
 
         return DaliEvalSource(files, tree.stats, num_threads=job.data.num_workers, **common)

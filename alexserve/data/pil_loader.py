@@ -1,6 +1,8 @@
 """The PIL + torch DataLoader peer of the DALI loader: the same plan, the same arithmetic.
 
-Used where DALI is not installed and as the benchmark's baseline. Each sample is
+Used on CPU where DALI is not installed, on a GPU only when `data.loader: pil` asks
+for it (then batches come from pinned memory, copied with `non_blocking=True`), and
+as the benchmark's baseline. Each sample is
 (decode -> crop -> subtract the same crop of the mean image -> reflect -> add the
 lighting offset), in float32 like DALI; cropping before subtracting only skips the
 pixels that are thrown away (the difference is elementwise, so the values are the same).
@@ -68,10 +70,25 @@ class _EvalSamples(Dataset):
         return out, self.files[i].label
 
 
-def _loader(dataset, batch_sampler, num_workers: int) -> DataLoader:
+def _loader(dataset, batch_sampler, num_workers: int, device: torch.device) -> DataLoader:
     return DataLoader(
-        dataset, batch_sampler=batch_sampler, num_workers=num_workers, prefetch_factor=2 if num_workers else None
+        dataset,
+        batch_sampler=batch_sampler,
+        num_workers=num_workers,
+        prefetch_factor=2 if num_workers else None,
+        pin_memory=device.type == "cuda",  # page-locked batches: the copy below does not block the host
     )
+
+
+def to_device(images: torch.Tensor, labels: torch.Tensor, device: torch.device, dtype: torch.dtype):
+    """A batch on the tower's device; from pinned memory to a GPU without the host waiting."""
+    non_blocking = device.type == "cuda"
+    return images.to(device, dtype, non_blocking=non_blocking), labels.to(device, non_blocking=non_blocking)
+
+
+def _set_thread_device(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
 
 
 class PilTrainSource(TrainSource):
@@ -108,8 +125,9 @@ class PilTrainSource(TrainSource):
         return batches
 
     def _produce(self, specs):
-        for images, labels in _loader(self._dataset, specs, self._workers):
-            yield images.to(self._device, self._dtype), labels.to(self._device)
+        _set_thread_device(self._device)  # runs on the loader thread (prefetch.py)
+        for images, labels in _loader(self._dataset, specs, self._workers, self._device):
+            yield to_device(images, labels, self._device, self._dtype)
 
     def batches(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return self._prefetch.start(self._produce(self._specs(epoch, start_step)))
@@ -145,8 +163,9 @@ class PilEvalSource(EvalSource):
         sampler = [
             list(range(i, min(i + self._batch, self.num_images))) for i in range(0, self.num_images, self._batch)
         ]
-        for images, labels in _loader(dataset, sampler, self._workers):
-            yield images.to(self._device, self._dtype), labels.to(self._device)
+        _set_thread_device(self._device)
+        for images, labels in _loader(dataset, sampler, self._workers, self._device):
+            yield to_device(images, labels, self._device, self._dtype)
 
     def batches(self, mode: EvalMode) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if mode not in ("center", "ten_crop"):

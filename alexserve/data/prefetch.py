@@ -2,7 +2,9 @@
 
 This is the paper's "augmentation is computationally free": the next batches are
 decoded and augmented while the current one trains. DALI's operators and PIL's
-decoder release the GIL, so a thread overlaps them with the training step.
+decoder release the GIL, so a thread overlaps them with the training step. A producer
+that needs per-thread state (the CUDA device) sets it in its own body: it runs on
+this thread from start to cleanup.
 """
 
 from __future__ import annotations
@@ -47,6 +49,12 @@ def prefetch(items: Iterable[Any], depth: int, on_wait: Callable[[float], None])
             put(_DONE)
         except BaseException as err:  # noqa: BLE001 - handed to the consumer, which re-raises it
             put(_Failure(err))
+        finally:
+            # A generator's cleanup (a DALI pass abandoned midway) runs here, on the thread that ran it
+            # (the one whose CUDA device is set), not later on whichever thread collects it.
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
 
     thread = threading.Thread(target=run, name="alexserve-prefetch", daemon=True)
     thread.start()

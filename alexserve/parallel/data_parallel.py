@@ -39,7 +39,8 @@ MESH_DIMS = ("dp", "tower")
 def pair_mesh(topology: Topology, timeout_seconds: float) -> DeviceMesh:
     """The (pairs x towers) mesh. Collective: every rank calls it.
 
-    The mesh's groups get the job's timeout (by default a new group would wait 30 minutes for a dead rank).
+    The mesh's groups get the job's collective timeout, the deadlock backstop (process_group.py); a dead or frozen
+    rank is caught sooner by the peer watchdog (watchdog.py).
     """
     options = _group_options(topology.backend, timedelta(seconds=timeout_seconds))
     return init_device_mesh(

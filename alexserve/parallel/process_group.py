@@ -1,4 +1,13 @@
-"""Process-group lifetime: always an explicit timeout, always torn down."""
+"""Process-group lifetime: always an explicit timeout, a peer watchdog, always torn down.
+
+Two limits (README, "A dead peer"):
+
+- `timeout_seconds` (`dist.timeout_seconds`) is how long a peer may stay silent: a rank that died or froze is
+  declared lost after it, by the heartbeat of `PeerWatchdog` (parallel/watchdog.py), on NCCL as on gloo.
+- `collective_timeout_seconds` (`dist.collective_timeout_seconds`) is the process group's own timeout: the
+  longest a collective or an exchange may wait for a peer that is alive. It is a backstop for a deadlock, long
+  enough that rank 0 alone may spend minutes on a checkpoint commit or a plot while its peer waits.
+"""
 
 from __future__ import annotations
 
@@ -10,15 +19,26 @@ import torch
 import torch.distributed as dist
 
 from alexserve.parallel.topology import Topology
+from alexserve.parallel.watchdog import PeerWatchdog, exit_peer_lost
+
+# The default backstop: a collective still waiting for a live peer after this long is a deadlock.
+DEFAULT_COLLECTIVE_TIMEOUT_SECONDS = 1800.0
 
 
 @contextlib.contextmanager
-def process_group(topology: Topology, timeout_seconds: float) -> Iterator[None]:
-    """Joins the job's process group (torchrun's env:// rendezvous) for the `with` block.
+def process_group(
+    topology: Topology,
+    timeout_seconds: float,
+    collective_timeout_seconds: float | None = None,
+    on_peer_lost=exit_peer_lost,
+) -> Iterator[PeerWatchdog]:
+    """Joins the job's process group (torchrun's env:// rendezvous) for the `with` block; yields its watchdog.
 
-    The timeout bounds every send/recv: a peer that stops answering is declared lost
-    after it instead of hanging the survivor forever.
+    The watchdog's `where` is what the exchange updates (PeerExchange(..., where=watchdog.where)), so a lost
+    peer is reported at the last exchange point this rank entered.
     """
+    if collective_timeout_seconds is None:
+        collective_timeout_seconds = max(timeout_seconds, DEFAULT_COLLECTIVE_TIMEOUT_SECONDS)
     kwargs = {}
     if topology.device.type == "cuda":
         torch.cuda.set_device(topology.device)
@@ -27,11 +47,16 @@ def process_group(topology: Topology, timeout_seconds: float) -> Iterator[None]:
         backend=topology.backend,
         rank=topology.rank,
         world_size=topology.world_size,
-        timeout=timedelta(seconds=timeout_seconds),
+        timeout=timedelta(seconds=collective_timeout_seconds),
         **kwargs,
     )
+    watchdog = PeerWatchdog(topology.rank, topology.world_size, timeout_seconds, on_lost=on_peer_lost)
+    finished = False
     try:
-        yield
+        watchdog.start()
+        yield watchdog
+        finished = True
     finally:
+        watchdog.stop(finished)
         with contextlib.suppress(Exception):  # a broken group may refuse to die politely; we are exiting anyway
             dist.destroy_process_group()

@@ -13,13 +13,27 @@ a finite loss does not prove the weights it leaves behind are finite. The loop
 therefore also refuses to write a checkpoint of non-finite weights
 (`weights_finite`, checked on every rank before each save).
 
+Without a per-step read. Judging a loss on the host costs a device sync per
+step on a GPU. So each step's loss is judged on the device
+(`DivergenceMonitor.observe`: a few element-wise operations, nothing read),
+which remembers the first step that diverged, its loss and the start it was
+judged against. `verdict()` reads that back. The loop asks for the verdict
+before anything that could present the run as fine: every progress line and
+report, every checkpoint, every evaluation, the end of training. On CPU a
+read costs nothing, so there it asks after every step as well, and training
+stops at the very step that diverged; on a GPU it stops at the next progress
+line (at most `train.log_every_steps` steps later), and the message still
+names the step that diverged. Either way nothing is logged or checkpointed
+after it.
+
 Agreement between ranks. Both towers of a pair compute the same loss from the
 same full logits, so a pair always stops at the same step. Pairs (data
 parallel) train on different batches and see different losses; if one pair
-stopped while the others went on, those would wait in the gradient all-reduce
-until the group timeout. With several pairs every rank therefore judges the
-worst loss of all pairs (`worst_loss_across_pairs`, one 2-number all-reduce per
-step), and every rank stops at the same step.
+stopped while the others went on, those would wait in the gradient all-reduce.
+With several pairs `verdict()` gathers every rank's record (one all-gather of
+three numbers, at the moments it is read) and every rank judges the earliest
+diverged step of any pair, so every rank stops at the same step with the same
+message.
 
 Chance level. `near_chance` says whether a validation top-1 error is no better
 than twice chance accuracy: such a run "completed" but did not learn.
@@ -75,19 +89,53 @@ class DivergenceGuard:
         return None
 
 
-def worst_loss_across_pairs(loss: float, topology: Topology) -> float:
-    """The loss every rank must judge: this pair's own with one pair, else the worst of all pairs (NaN wins)."""
-    if topology.num_pairs == 1:
-        return loss  # both towers of the pair hold this very value
-    # MAX would not carry a NaN reliably, so it travels as a flag beside the largest non-NaN loss.
-    values = torch.tensor(
-        [1.0 if math.isnan(loss) else 0.0, -math.inf if math.isnan(loss) else loss],
-        dtype=torch.float64,
-        device=topology.device,
-    )
-    with peers_required(topology.rank, "the all-reduce of the divergence check"):
-        dist.all_reduce(values, op=dist.ReduceOp.MAX)
-    return math.nan if values[0].item() > 0 else values[1].item()
+class DivergenceMonitor:
+    """`DivergenceGuard`'s judgement on the device: `observe` each step's loss, read `verdict()` when needed."""
+
+    def __init__(self, num_classes: int, factor: float, device: torch.device) -> None:
+        self.guard = DivergenceGuard(num_classes, factor)  # the limit's definition, and its checks of the factor
+        zero = torch.zeros((), dtype=torch.float64, device=device)
+        self.have_first = torch.zeros((), dtype=torch.bool, device=device)
+        self.first_loss = zero.clone()
+        # The first step that diverged (-1: none yet), its loss, and the start that loss was judged against.
+        self.bad_step = torch.full((), -1.0, dtype=torch.float64, device=device)
+        self.bad_loss, self.bad_start = zero.clone(), zero.clone()
+
+    @torch.no_grad()
+    def observe(self, loss: torch.Tensor, step: int) -> None:
+        """Judges `loss`, the loss of step `step`, on its device. Reads nothing."""
+        loss = loss.detach().double()
+        finite = loss.isfinite()
+        self.first_loss.copy_(torch.where(self.have_first | ~finite, self.first_loss, loss))
+        self.have_first.logical_or_(finite)
+        start = self.first_loss.clamp(min=self.guard.uninformed_loss)
+        diverged = ~finite | (loss > self.guard.factor * start)
+        first_time = diverged & (self.bad_step < 0)
+        self.bad_step.copy_(torch.where(first_time, float(step), self.bad_step))
+        self.bad_loss.copy_(torch.where(first_time, loss, self.bad_loss))
+        self.bad_start.copy_(torch.where(first_time, start, self.bad_start))
+
+    def verdict(self, topology: Topology) -> tuple[int, str] | None:
+        """(step, what went wrong) of the earliest divergence on any rank, or None. Collective with several pairs.
+
+        The one read-back of the monitor (a device sync on a GPU).
+        """
+        record = torch.stack([self.bad_step, self.bad_loss, self.bad_start])
+        if topology.num_pairs > 1:
+            gathered = [torch.empty_like(record) for _ in range(topology.world_size)]
+            with peers_required(topology.rank, "the all-gather of the divergence check"):
+                dist.all_gather(gathered, record)
+            record = torch.stack(gathered)
+        rows = [row for row in record.reshape(-1, 3).tolist() if row[0] >= 0]
+        if not rows:
+            return None
+        step, loss, start = min(rows, key=lambda row: row[0])
+        if not math.isfinite(loss):
+            return int(step), f"the loss is {loss}"
+        return int(step), (
+            f"the loss {loss:.4g} is over {self.guard.factor:g} times its start ({start:.4g}, the larger of "
+            f"ln(num_classes) and the first step's loss)"
+        )
 
 
 def weights_finite(module: torch.nn.Module, topology: Topology) -> bool:

@@ -6,8 +6,12 @@ without extra messages. Per epoch: train, evaluate (centre crop, ten crops),
 let the plateau schedule set the learning rate, append the history and redraw
 its plot, checkpoint. Supervisor commands are taken between steps (control.py); reports go to a
 telemetry sink (contract/telemetry.py) that may be the do-nothing one.
-A step whose loss diverged ends training right there, before anything is logged
-or checkpointed after it, by raising `TrainingDiverged` (divergence.py).
+
+The step path reads nothing back from the device. Its loss and error counts are summed on the device
+(progress.py), and the divergence guard judges each loss there (divergence.py); both are read when a
+progress line, a report, a checkpoint or an evaluation is due, never in between (on CPU, where a read costs
+nothing, the guard is also read after every step). A loss that diverged ends training by raising
+`TrainingDiverged` at that read, before anything is logged or checkpointed after it.
 """
 
 from __future__ import annotations
@@ -28,19 +32,19 @@ from alexserve.model.dropout import dropout_seed
 from alexserve.parallel.data_parallel import tower_of
 from alexserve.parallel.exchange import PeerExchange
 from alexserve.parallel.topology import Topology
-from alexserve.train.control import Action, CommandSync
+from alexserve.train.control import Action, CommandSync, poll_interval
 from alexserve.train.divergence import (
-    DivergenceGuard,
+    DivergenceMonitor,
     TrainingDiverged,
     chance_warning,
     diverged_message,
     near_chance,
     weights_finite,
-    worst_loss_across_pairs,
 )
-from alexserve.train.evaluation import EvalResult, evaluate
+from alexserve.train.evaluation import EvalResult, evaluate, sum_over_pairs
 from alexserve.train.history import EpochRecord, History, plot
 from alexserve.train.optimizer import PaperSGD
+from alexserve.train.precision import Precision
 from alexserve.train.progress import IntervalMeter
 from alexserve.train.reporting import eval_summary, interval_summary
 from alexserve.train.schedule import PlateauSchedule, warmup_steps
@@ -89,18 +93,36 @@ class TrainerIO:
 
 
 class TowerTrainer:
+    """`check_divergence_every_step`: read the guard after every step (default: on CPU, where it costs nothing)."""
+
     def __init__(
-        self, job: JobConfig, topology: Topology, learner: Learner, io: TrainerIO, position: Position | None = None
+        self,
+        job: JobConfig,
+        topology: Topology,
+        learner: Learner,
+        io: TrainerIO,
+        position: Position | None = None,
+        check_divergence_every_step: bool | None = None,
     ):
         self.job, self.topology = job, topology
         self.model, self.tower, self.exchange = learner.model, learner.tower, learner.exchange
         self.optimizer, self.schedule = learner.optimizer, learner.schedule
         self.train_source, self.eval_source = io.train_source, io.eval_source
         self.checkpointer, self.history, self.telemetry, self.log = io.checkpointer, io.history, io.telemetry, io.log
-        self.commands = CommandSync(topology.is_primary, topology.device, io.commands)
+        self.commands = CommandSync(
+            topology.is_primary,
+            io.commands,
+            every_steps=poll_interval(job.train.log_every_steps),
+            backend=topology.backend,
+            timeout_seconds=job.dist.collective_timeout_seconds,
+        )
         self.position = position or Position()
         self.last_eval: dict[str, EvalResult] = {}
-        self.guard = DivergenceGuard(job.model.classes, job.train.divergence_loss_factor)
+        self.divergence = DivergenceMonitor(job.model.classes, job.train.divergence_loss_factor, topology.device)
+        if check_divergence_every_step is None:
+            check_divergence_every_step = topology.device.type == "cpu"
+        self.check_divergence_every_step = check_divergence_every_step
+        self.precision = Precision.of(job, topology.device)
         self.warmup_steps = warmup_steps(job.warmup_epochs_used, self.train_source.steps_per_epoch)
         self.optimizer.set_lr(self.schedule.lr)
 
@@ -119,18 +141,20 @@ class TowerTrainer:
     def learning_rate(self) -> float:
         return self.optimizer.param_groups[0]["lr"]
 
-    def check_divergence(self, loss: float) -> None:
-        """Raises TrainingDiverged on every rank at the same step (divergence.py says why they agree)."""
-        problem = self.guard.problem(worst_loss_across_pairs(loss, self.topology))
-        if problem is not None:
-            raise self.diverged(problem)
+    def check_divergence(self) -> None:
+        """Reads the guard; raises TrainingDiverged on every rank alike (divergence.py says why they agree)."""
+        verdict = self.divergence.verdict(self.topology)
+        if verdict is not None:
+            step, problem = verdict
+            # Step `step` (counted from 1) ran at the rate the schedule gave step index step - 1.
+            raise self.diverged(problem, step, self.schedule.lr_at_step(step - 1, self.warmup_steps))
 
-    def diverged(self, problem: str) -> TrainingDiverged:
+    def diverged(self, problem: str, step: int | None = None, learning_rate: float | None = None) -> TrainingDiverged:
         return TrainingDiverged(
             diverged_message(
                 problem,
-                self.position.global_step,
-                self.learning_rate,
+                self.position.global_step if step is None else step,
+                self.learning_rate if learning_rate is None else learning_rate,
                 self.schedule.lr,
                 self.job,
                 self.checkpointer.store,
@@ -138,6 +162,7 @@ class TowerTrainer:
         )
 
     def checkpoint(self, why: str) -> None:
+        self.check_divergence()  # every checkpoint is preceded by a read of the guard
         # A finite loss was computed before the step's update: the weights it left may still be NaN or inf.
         if not weights_finite(self.tower, self.topology):
             raise self.diverged("the weights are no longer finite (the last update blew them up)")
@@ -147,11 +172,22 @@ class TowerTrainer:
             self.telemetry.checkpoint(self.position.global_step)
 
     def evaluate(self, ten_crop: bool) -> dict[str, EvalResult]:
+        self.check_divergence()
         self.tower.eval()
+
+        def logits_of(images: torch.Tensor) -> torch.Tensor:
+            with self.precision.autocast():
+                return tower_forward_logits(self.tower, self.exchange, self.precision.images(images), None)
+
+        def sum_counts(counts: torch.Tensor) -> torch.Tensor:
+            return sum_over_pairs(counts, self.topology)
+
+        shards = dict(shard=self.topology.pair, num_shards=self.topology.num_pairs, device=self.topology.device)
         try:
-            logits_of = lambda images: tower_forward_logits(self.tower, self.exchange, images, None)  # noqa: E731
             modes = ("center", "ten_crop") if ten_crop else ("center",)
-            return {mode: evaluate(logits_of, self.eval_source, mode) for mode in modes}
+            return {
+                mode: evaluate(logits_of, self.eval_source, mode, sum_counts=sum_counts, **shards) for mode in modes
+            }
         finally:
             self.tower.train()
 
@@ -166,7 +202,7 @@ class TowerTrainer:
 
     def take_command(self) -> bool:
         """Acts on the supervisor's command before a step; False when training must stop here."""
-        action = self.commands.next_action()
+        action = self.commands.next_action(self.position.global_step)
         if action == Action.PAUSE:
             self.say(f"paused at step {self.position.global_step}")
             self.report_state("paused")
@@ -196,10 +232,12 @@ class TowerTrainer:
                 return "stopped"
             seed = dropout_seed(cfg.seed, self.topology.pair, pos.global_step)
             self.optimizer.set_lr(self.schedule.lr_at_step(pos.global_step, self.warmup_steps))
-            result = tower_train_step(self.model, self.exchange, self.optimizer, images, labels, seed)
+            result = tower_train_step(self.model, self.exchange, self.optimizer, images, labels, seed, self.precision)
             pos.global_step += 1
             pos.step_in_epoch += 1
-            self.check_divergence(result.loss)  # before this step can be logged as fine or checkpointed
+            self.divergence.observe(result.loss, pos.global_step)  # judged on the device; read below
+            if self.check_divergence_every_step:
+                self.check_divergence()
             now = time.perf_counter()
             meter.add_step(result.loss, result.top1_errors, result.images, now - step_started)
             totals.add_step(result.loss, result.top1_errors, result.images, now - step_started)
@@ -207,6 +245,8 @@ class TowerTrainer:
             epoch_done = pos.step_in_epoch == steps_per_epoch
             out_of_steps = cfg.max_steps is not None and pos.global_step >= cfg.max_steps
             if pos.step_in_epoch % cfg.log_every_steps == 0 or epoch_done or out_of_steps:
+                if not self.check_divergence_every_step:
+                    self.check_divergence()  # before this interval is logged as fine
                 exchanged = self.exchange.stats.take()
                 meter.data_wait_seconds = self.train_source.wait_seconds_total - wait_mark
                 meter.exchange_seconds = sum(e.seconds for e in exchanged.values())
@@ -229,6 +269,7 @@ class TowerTrainer:
     def finish_epoch(self) -> bool:
         """Evaluation, schedule, history, checkpoint; False when the schedule says training is over."""
         pos, totals = self.position, self.epoch_totals
+        train_figures = totals.read()
         epoch = pos.epoch
         ten_crop = (epoch + 1) % self.job.train.ten_crop_every_epochs == 0 or epoch + 1 == self.job.train.num_epochs
         results = self.last_eval = self.evaluate(ten_crop)
@@ -245,8 +286,8 @@ class TowerTrainer:
                 EpochRecord(
                     epoch=epoch + 1,
                     step=pos.global_step,
-                    train_loss=totals.loss_sum / max(totals.images, 1),
-                    train_top1_error=totals.top1_errors / max(totals.images, 1),
+                    train_loss=train_figures.loss,
+                    train_top1_error=train_figures.top1_error,
                     val_top1_error=results["center"].top1_error,
                     val_top5_error=results["center"].top5_error,
                     val_top1_error_10crop=ten.top1_error if ten else None,

@@ -33,7 +33,7 @@ def interval_summary(
         global_step=global_step,
         steps=meter.steps,
         images=meter.images,
-        loss=meter.loss_sum / max(meter.images, 1),
+        loss=meter.read().loss,
         learning_rate=learning_rate,
         step_seconds=list(meter.step_seconds),
         data_wait_seconds=meter.data_wait_seconds,

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 
 from alexserve.checkpoint.run_checkpointer import SHARD_NAMES
 from alexserve.checkpoint.store import CheckpointStore
+from alexserve.data.source import EvalSource
 from alexserve.parallel.data_parallel import replicate_across_pairs
 from alexserve.parallel.topology import Topology
+from alexserve.train.evaluation import evaluate, sum_over_pairs
 from alexserve.train.optimizer import PaperSGD
-from alexserve.train.step import tower_train_step
+from alexserve.train.step import tower_forward_logits, tower_train_step
 from helpers.parity import assert_matches_reference, make_batch, parity_tower
 from helpers.processes import GROUP_TIMEOUT_SECONDS, rank_main, run_ranks, start_ranks, wait_all
 from helpers.worker_jobs import CHECKPOINTED_JOB
@@ -38,6 +41,49 @@ def test_two_pairs_step_equals_one_pair_on_the_concatenated_batch(tmp_path):
             two = torch.load(tmp_path / "two" / f"rank{source}.pt", weights_only=True)["weights"]
             for name, value in one.items():
                 assert_matches_reference(two[name], value, f"tower {rank} {name} (rank {source} of the 2-pair run)")
+
+
+class FixedEvalSource(EvalSource):
+    """The parity batch of 10 images, in batches of 3 (the last one short): 4 batches."""
+
+    def __init__(self) -> None:
+        self.images, self.labels = make_batch(10)
+        self.num_images = len(self.labels)
+
+    def batches(self, mode):
+        for start in range(0, self.num_images, 3):
+            yield self.images[start : start + 3], self.labels[start : start + 3]
+
+
+def rank_sharded_evaluation(topology: Topology, out: Path) -> None:
+    """Centre-crop evaluation of the parity towers, each pair on its shard, the counts summed over the pairs."""
+    tower, exchange = parity_tower(topology)
+    tower.eval()
+    result = evaluate(
+        lambda images: tower_forward_logits(tower, exchange, images, None),
+        FixedEvalSource(),
+        "center",
+        shard=topology.pair,
+        num_shards=topology.num_pairs,
+        sum_counts=lambda counts: sum_over_pairs(counts, topology),
+        device=topology.device,
+    )
+    batches = {k: v.count for (k, _), v in exchange.stats.take().items() if k == "conv3"}
+    (out / f"rank{topology.rank}.json").write_text(
+        json.dumps({"top1": result.top1_error, "top5": result.top5_error, "images": result.images, **batches})
+    )
+
+
+def test_two_pairs_evaluate_their_own_shards_and_count_every_image_once(tmp_path):
+    run_ranks(rank_sharded_evaluation, tmp_path / "one", world_size=2)
+    run_ranks(rank_sharded_evaluation, tmp_path / "two", world_size=4, timeout=180)
+    one = json.loads((tmp_path / "one" / "rank0.json").read_text())
+    assert one["images"] == 10 and one["conv3"] == 4, one
+    for rank in range(4):
+        two = json.loads((tmp_path / "two" / f"rank{rank}.json").read_text())
+        assert (two["top1"], two["top5"], two["images"]) == (one["top1"], one["top5"], 10), (rank, two, one)
+        assert two["conv3"] == 2, f"rank {rank} evaluated {two['conv3']} of the 4 batches, not its 2"
+    assert 0 < one["top5"] < 1, "every image right or every image wrong: the sum would prove little"
 
 
 def run_worker(world_size: int, run_dir: Path, *extra: str) -> list[tuple[int, str, str]]:

@@ -9,8 +9,9 @@
 - Every metric the Grafana dashboard queries is a sample name of the real
   SupervisorMetrics registry, every label it groups by exists, and promtool
   parses every query.
-- docker/Dockerfile installs exactly pyproject's dependencies plus the extras it
-  names (which exist), never a torch of its own, runs as a non-root user with
+- docker/Dockerfile installs CI's torch (.ci/run's pin) in its CUDA build on an
+  NVIDIA CUDA runtime base with Python 3.11, then exactly pyproject's dependencies
+  plus the extras it names (which exist), runs as a non-root user with
   a /healthz health check, and its command line is one the supervisor accepts.
 """
 
@@ -220,8 +221,9 @@ def test_compose_volumes(compose):
     for writable in ("/runs", "/state"):
         assert not alexserve[writable].get("read_only"), writable
     assert (DEPLOY / alexserve["/jobs"]["source"]).resolve() == DEPLOY / "jobs"
-    # The image's command line keeps job state in /state, where the volume is.
+    # The image's command line keeps job state in /state and job folders in /runs, where the volumes are.
     assert dockerfile_cmd_args().state_dir == Path("/state")
+    assert dockerfile_cmd_args().runs_root == Path("/runs")
 
     prometheus = mounts(services["prometheus"])
     assert (DEPLOY / prometheus["/etc/prometheus/prometheus.yml"]["source"]).resolve() == PROMETHEUS_CONFIG
@@ -469,20 +471,36 @@ def pyproject() -> dict:
     return tomllib.loads((REPO / "pyproject.toml").read_text())
 
 
-def test_base_image_is_cuda_pytorch_matching_pyproject_and_dali():
-    args = {k: v for k, v in (a.split("=", 1) for kw, a in dockerfile_instructions() if kw == "ARG" and "=" in a)}
+def dockerfile_args() -> dict[str, str]:
+    return {k: v for k, v in (a.split("=", 1) for kw, a in dockerfile_instructions() if kw == "ARG" and "=" in a)}
+
+
+def ci_torch_version() -> str:
+    """The torch CI tests: `pip install ... torch==X` in .ci/run."""
+    (version,) = re.findall(r"\btorch==([\w.+]+)", (REPO / ".ci" / "run").read_text())
+    return version
+
+
+def test_base_image_is_cuda_runtime_with_cis_torch_python_311_and_dali():
+    args = dockerfile_args()
     base = args["BASE_IMAGE"]
-    match = re.fullmatch(r"pytorch/pytorch:(\d+)\.(\d+)\.(\d+)-cuda(\d+)\.(\d+)-cudnn\d+-(runtime|devel)", base)
-    assert match, f"{base}: not an official CUDA PyTorch tag"
-    torch_version = tuple(int(x) for x in match.group(1, 2, 3))
+    match = re.fullmatch(r"nvidia/cuda:(\d+)\.(\d+)\.(\d+)-(?:cudnn-)?runtime-ubuntu\d+\.\d+", base)
+    assert match, f"{base}: not an NVIDIA CUDA runtime tag"
+    cuda_major, cuda_minor = match[1], match[2]
+    # The same torch as CI, in the CUDA build from the PyTorch index that matches the base image's CUDA.
+    assert args["TORCH_VERSION"] == ci_torch_version(), (args["TORCH_VERSION"], ci_torch_version())
+    index = re.fullmatch(r"https://download\.pytorch\.org/whl/cu(\d+)", args["TORCH_INDEX_URL"])
+    assert index and index[1] == cuda_major + cuda_minor, (args["TORCH_INDEX_URL"], base)
     (torch_spec,) = [d for d in pyproject()["project"]["dependencies"] if re.match(r"torch\b", d)]
     minimum = re.fullmatch(r"torch>=([\d.]+)", torch_spec)
     assert minimum, f"expected a lower bound only, got {torch_spec!r}"
-    assert torch_version >= tuple(int(x) for x in minimum[1].split(".")), (base, torch_spec)
+    version = tuple(int(x) for x in args["TORCH_VERSION"].split("+")[0].split("."))
+    assert version >= tuple(int(x) for x in minimum[1].split(".")), (args["TORCH_VERSION"], torch_spec)
+    assert args["PYTHON_VERSION"] == "3.11"
     # DALI's wheel is built per CUDA major version: nvidia-dali-cuda120 for CUDA 12.x.
     dali = pyproject()["project"]["optional-dependencies"]["dali"]
     (dali_cuda,) = [re.match(r"nvidia-dali-cuda(\d+)", d)[1] for d in dali if d.startswith("nvidia-dali-cuda")]
-    assert dali_cuda[:-1] == match[4], f"DALI for CUDA {dali_cuda} on a CUDA {match[4]}.{match[5]} base image"
+    assert dali_cuda[:-1] == cuda_major, f"DALI for CUDA {dali_cuda} on a CUDA {cuda_major}.{cuda_minor} base image"
     froms = [a for kw, a in dockerfile_instructions() if kw == "FROM"]
     assert froms == ["${BASE_IMAGE}"]
 
@@ -495,12 +513,15 @@ def test_dockerfile_installs_pyproject_dependencies_and_no_torch_of_its_own():
     ]
     assert pip_installs, "the Dockerfile installs nothing"
     extras_known = set(pyproject()["project"]["optional-dependencies"])
-    package_installs = []
+    package_installs, torch_installs = [], []
     for argv in pip_installs:
+        if "--index-url" in argv:
+            torch_installs.append(argv)
+            continue
         packages = [a for a in argv[argv.index("install") + 1 :] if not a.startswith("-")]
         for package in packages:
             assert not re.match(r"(torch|torchvision|torchaudio)\b", package), (
-                f"the image must keep the base image's CUDA torch: {argv}"
+                f"torch is installed once, CI's version from the CUDA index: {argv}"
             )
             local = re.fullmatch(r"\.(?:\[([\w,-]+)\])?", package)
             if local:
@@ -509,6 +530,10 @@ def test_dockerfile_installs_pyproject_dependencies_and_no_torch_of_its_own():
                 package_installs.append(extras)
         assert "--no-deps" not in argv or not packages, "installing without dependencies skips pyproject's"
     assert package_installs == [{"dali"}], "install the package itself, once, with the dali extra"
+    # torch: once, exactly CI's version, from the CUDA index (TORCH_INDEX_URL), nothing else in that command.
+    (torch_install,) = torch_installs
+    packages = [a for a in torch_install[torch_install.index("install") + 1 :] if not a.startswith("-")]
+    assert packages == ["torch==${TORCH_VERSION}", "${TORCH_INDEX_URL}"], torch_install
     # The dependency layer: the script's output for the same extras is exactly pyproject's list.
     (script_run,) = [r for r in runs if "pyproject_requirements.py" in r]
     script_extras = shlex.split(re.search(r"pyproject_requirements\.py\s+pyproject\.toml([^>]*)>", script_run)[1])
@@ -522,10 +547,11 @@ def test_dockerfile_installs_pyproject_dependencies_and_no_torch_of_its_own():
     ).stdout.split()
     project = pyproject()["project"]
     assert out == [d.replace(" ", "") for d in project["dependencies"] + project["optional-dependencies"]["dali"]]
-    # pip may not swap the base image's torch: it is pinned by a constraints file made from the installed one.
+    # pip may not swap the installed CUDA torch: it is pinned by a constraints file made from it, right after it.
     env_lines = " ".join(a for kw, a in instructions if kw == "ENV")
     assert "PIP_CONSTRAINT=/etc/alexserve/constraints.txt" in env_lines
-    assert any("torch.__version__" in r and "/etc/alexserve/constraints.txt" in r for r in runs)
+    (pin_run,) = [r for r in runs if "torch.__version__" in r and "/etc/alexserve/constraints.txt" in r]
+    assert "--index-url" in pin_run and runs.index(pin_run) < runs.index(script_run)
 
 
 def test_requirements_script_rejects_an_unknown_extra():
@@ -593,8 +619,9 @@ def test_image_command_is_accepted_by_the_supervisor_and_needs_the_runtime_token
 def test_example_job_specs_validate_and_use_container_paths(spec, compose):
     job = load_spec(spec)
     targets = set(mounts(compose["services"]["alexserve"]))
-    assert job.run_dir is not None and job.run_dir.is_absolute()
-    assert job.run_dir.parts[1] == "runs" and "/runs" in targets, "checkpoints must land on the runs volume"
+    # run_dir is relative to the supervisor's runs root, which the image puts on the runs volume.
+    assert job.run_dir is not None and not job.run_dir.is_absolute() and ".." not in job.run_dir.parts
+    assert dockerfile_cmd_args().runs_root == Path("/runs") and "/runs" in targets, "checkpoints on the runs volume"
     if job.config.data.source == "folder":
         assert job.config.data.train_dir.is_absolute() and job.config.data.train_dir.parts[1] == "data"
     assert job.config.dist.device == "cuda" and job.config.dist.backend == "nccl"

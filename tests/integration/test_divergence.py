@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from alexserve.checkpoint.store import CheckpointStore
 from alexserve.contract.names import WorkerExit
 from alexserve.parallel.topology import Topology
-from alexserve.train.divergence import weights_finite, worst_loss_across_pairs
+from alexserve.train.divergence import DivergenceMonitor, weights_finite
 from alexserve.train.history import read_history
 from helpers.processes import free_port, rank_env, rank_main, run_ranks, wait_all
 from helpers.supervisor import USE_FAKE_WORKER, supervisor, tiny_spec  # noqa: F401 (fixture)
@@ -32,10 +32,12 @@ DIVERGED = re.compile(r"training diverged at step (\d+), learning rate [0-9.e+-]
 
 
 def rank_pairs_disagree(topology: Topology, out: Path) -> None:
-    """Pair 0 sees a normal loss, pair 1 a runaway one, then a NaN; rank 3's weights go bad."""
-    pair_loss = [2.0, 500.0][topology.pair]
-    worst = worst_loss_across_pairs(pair_loss, topology)
-    nan = worst_loss_across_pairs(math.nan if topology.pair == 1 else 2.0, topology)
+    """Pair 0 sees normal losses, pair 1 a runaway one at step 3 and a NaN at step 4; rank 3's weights go bad."""
+    monitor = DivergenceMonitor(num_classes=10, factor=10.0, device=topology.device)
+    verdicts = []
+    for step, loss in enumerate([[2.0, 2.0, 2.0, 2.0], [2.0, 2.1, 500.0, math.nan]][topology.pair], start=1):
+        monitor.observe(torch.tensor(loss), step)
+        verdicts.append(monitor.verdict(topology))
     module = torch.nn.Linear(3, 2)
     finite_before = weights_finite(module, topology)
     if topology.rank == 3:
@@ -43,7 +45,7 @@ def rank_pairs_disagree(topology: Topology, out: Path) -> None:
             module.weight[0, 0] = math.inf
     finite_after = weights_finite(module, topology)
     torch.save(
-        {"worst": worst, "nan": nan, "finite_before": finite_before, "finite_after": finite_after},
+        {"verdicts": verdicts, "finite_before": finite_before, "finite_after": finite_after},
         out / f"rank{topology.rank}.pt",
     )
 
@@ -53,8 +55,10 @@ def test_every_rank_judges_the_same_loss_and_weights_across_pairs(tmp_path):
     run_ranks(rank_pairs_disagree, tmp_path, world_size=world_size, timeout=120)
     results = [torch.load(tmp_path / f"rank{r}.pt") for r in range(world_size)]
     for rank, result in enumerate(results):
-        assert result["worst"] == 500.0, (rank, result)
-        assert math.isnan(result["nan"]), (rank, result)
+        # Every rank, pair 0's included, learns of pair 1's runaway loss at step 3, and keeps naming step 3.
+        assert result["verdicts"][:2] == [None, None], (rank, result)
+        for step, problem in result["verdicts"][2:]:
+            assert step == 3 and problem.startswith("the loss 500 is over 10 times its start"), (rank, result)
         assert result["finite_before"] is True and result["finite_after"] is False, (rank, result)
 
 

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from alexserve.model import AlexNetGrouped, join_tower_states
 from alexserve.parallel.topology import Topology
 from alexserve.train.optimizer import PaperSGD
+from alexserve.train.precision import Precision
 from alexserve.train.step import grouped_train_step, tower_forward_logits, tower_train_step
 from helpers.parity import (
     DROPOUT_SEED,
@@ -54,9 +55,34 @@ def rank_sgd_steps(topology: Topology, out: Path) -> None:
     optimizer = PaperSGD(tower.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     images, labels = make_batch()
     losses = [
-        tower_train_step(tower, exchange, optimizer, images, labels, DROPOUT_SEED + step).loss for step in range(2)
+        tower_train_step(tower, exchange, optimizer, images, labels, DROPOUT_SEED + step).read().loss
+        for step in range(2)
     ]
     torch.save({"weights": tower.state_dict(), "losses": losses}, out / f"rank{topology.rank}.pt")
+
+
+def rank_precisions(topology: Topology, out: Path) -> None:
+    """One SGD step of the float32 parity towers in fp32, bf16 autocast, and fp32 channels-last; saves each."""
+    results = {}
+    for name, precision in {
+        "fp32": Precision("cpu"),
+        "bf16": Precision("cpu", torch.bfloat16),
+        "channels_last": Precision("cpu", None, channels_last=True),
+    }.items():
+        tower, exchange = parity_tower(topology)
+        tower = precision.prepare(tower.float())
+        exchange.channels_last = precision.channels_last
+        optimizer = PaperSGD(tower.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+        images, labels = make_batch()
+        step = tower_train_step(tower, exchange, optimizer, images.float(), labels, DROPOUT_SEED, precision).read()
+        stats = exchange.stats.take()
+        results[name] = {
+            "loss": step.loss,
+            "weights": {k: v.float().contiguous() for k, v in tower.state_dict().items()},
+            "fc6_bytes": stats[("fc6", "forward")].bytes,
+        }
+    results["start"] = {k: v.float() for k, v in parity_tower(topology)[0].state_dict().items()}
+    torch.save(results, out / f"rank{topology.rank}.pt")
 
 
 # ------------------------------------------------------------------ the single-process reference, and the tests
@@ -125,6 +151,33 @@ def test_sgd_steps_land_on_the_same_weights(tmp_path):
         assert_matches_reference(weights[name], value, f"weights of {name} after two steps")
         moved = max(moved, float((value - start[name]).abs().max()))
     assert moved > 1e-4, "the steps did not move the weights: the comparison would be vacuous"
+
+
+# Measured: up to 0.2 at conv1 (the roundings of the whole backward pass), 0.005 at fc8.
+BF16_UPDATE_RTOL = 0.3
+
+
+def test_bf16_autocast_and_channels_last_steps_stay_close_to_fp32(tmp_path):
+    # gloo sends and receives bf16 tensors (it moves bytes): the bf16 step runs, its exchanges carry half the bytes,
+    # and it lands near the fp32 step. bf16 keeps 8 bits of mantissa (relative error about 4e-3 per rounding), so
+    # a 2% bound on the loss is loose for one step. The update's error (L2, relative to the fp32 update) grows with
+    # depth, as bf16 roundings of the backward pass add up: BF16_UPDATE_RTOL bounds it, still far below an O(1)
+    # mistake (a dropped half, a wrong dtype on the wire). Channels-last changes only the order of the sums.
+    run_ranks(rank_precisions, tmp_path)
+    for rank in (0, 1):
+        results = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+        fp32, bf16, channels_last = results["fp32"], results["bf16"], results["channels_last"]
+        assert bf16["fc6_bytes"] * 2 == fp32["fc6_bytes"], "the bf16 exchange should carry half the bytes"
+        assert abs(bf16["loss"] - fp32["loss"]) <= 0.02 * abs(fp32["loss"]), (bf16["loss"], fp32["loss"])
+        assert abs(channels_last["loss"] - fp32["loss"]) <= 1e-5 * abs(fp32["loss"])
+        errors = {}
+        for name, weight in fp32["weights"].items():
+            update = weight - results["start"][name]
+            for what, other in (("bf16", bf16), ("channels-last", channels_last)):
+                errors[what, name] = float((other["weights"][name] - weight).norm() / update.norm().clamp_min(1e-12))
+        for (what, name), error in errors.items():
+            tolerance = BF16_UPDATE_RTOL if what == "bf16" else 1e-4
+            assert error <= tolerance, f"rank {rank} {name}: the {what} step's update is {error:.3g} off fp32's"
 
 
 if __name__ == "__main__":

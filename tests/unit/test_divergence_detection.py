@@ -18,7 +18,7 @@ from alexserve.contract.worker_messages import ErrorEvent, MessageError, parse_r
 from alexserve.parallel.topology import Topology
 from alexserve.supervisor.jobs import JobRecord, JobState
 from alexserve.supervisor.service import JobRuntime, ServerOptions, Supervisor
-from alexserve.train.divergence import DivergenceGuard, near_chance, worst_loss_across_pairs
+from alexserve.train.divergence import DivergenceGuard, DivergenceMonitor, near_chance
 from alexserve.train.history import EpochRecord, History, read_history
 
 # ------------------------------------------------------------------ the guard
@@ -119,9 +119,48 @@ def test_history_records_near_chance_and_reads_older_lines(tmp_path):
     assert second.near_chance is None
 
 
-def test_one_pair_needs_no_collective():
-    topology = Topology(rank=0, world_size=2, local_rank=0, device=torch.device("cpu"), backend="gloo")
-    assert worst_loss_across_pairs(3.5, topology) == 3.5  # no process group exists here: it would raise
+ONE_PAIR = Topology(rank=0, world_size=2, local_rank=0, device=torch.device("cpu"), backend="gloo")
+
+
+@pytest.mark.parametrize(
+    "losses",
+    [
+        [2.4, 3.1, 9.0, 2.0, 0.4, 22.0],  # learns: never diverged
+        [2.3, 2.0, math.nan, 1.0],  # NaN at step 3
+        [2.3, 2.0, 30.0, math.nan],  # runaway at step 3, then NaN: step 3 is named
+        [math.inf, 2.3, 2.0],  # not finite at the very first step
+        [50.0, 400.0, 501.0],  # a high first loss raises the limit to 500
+    ],
+)
+def test_the_device_monitor_judges_as_the_guard_does(losses):
+    # No process group exists here: with one pair the verdict needs no collective, or it would raise.
+    guard = DivergenceGuard(num_classes=10, factor=10.0)
+    monitor = DivergenceMonitor(num_classes=10, factor=10.0, device=torch.device("cpu"))
+    expected = None
+    for step, loss in enumerate(losses, start=1):
+        monitor.observe(torch.tensor(loss, dtype=torch.float32), step)
+        problem = guard.problem(loss)
+        if expected is None and problem is not None:
+            expected = (step, problem)
+    verdict = monitor.verdict(ONE_PAIR)
+    if expected is None:
+        assert verdict is None
+    else:
+        assert verdict is not None and verdict[0] == expected[0], (verdict, expected)
+        assert verdict[1].split(" (")[0][:14] == expected[1].split(" (")[0][:14], (verdict, expected)
+
+
+def test_observing_reads_nothing_back(monkeypatch):
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("observe read a tensor back")
+
+    monitor = DivergenceMonitor(num_classes=10, factor=10.0, device=torch.device("cpu"))
+    for name in ("item", "tolist", "__float__", "__int__", "__bool__"):
+        monkeypatch.setattr(torch.Tensor, name, refuse)
+    for step in range(1, 5):
+        monitor.observe(torch.tensor(2.0 * step), step)
+    monkeypatch.undo()
+    assert monitor.verdict(ONE_PAIR) is None
 
 
 # ------------------------------------------------------------------ the supervisor

@@ -65,9 +65,26 @@ def test_the_null_defaults_accept_everything_and_say_nothing():
 
 def test_without_a_command_source_no_rank_waits_for_a_broadcast():
     # No process group exists here: a broadcast would raise, so NONE proves none was attempted.
-    sync = CommandSync(is_primary=True, device=torch.device("cpu"))
-    assert [sync.next_action() for _ in range(3)] == [Action.NONE] * 3
-    assert CommandSync(False, torch.device("cpu"), NoCommands()).next_action() == Action.NONE
+    sync = CommandSync(is_primary=True)
+    assert [sync.next_action(step) for step in range(3)] == [Action.NONE] * 3
+    assert CommandSync(False, NoCommands()).next_action(0) == Action.NONE
+
+
+class _OneCommand:
+    def __init__(self) -> None:
+        self.polls = 0
+
+    def poll_command(self):
+        self.polls += 1
+        return None
+
+
+def test_commands_are_shared_only_every_few_steps():
+    # Between polls no rank meets a broadcast (none exists here: it would raise) and the source is not asked.
+    source = _OneCommand()
+    sync = CommandSync(is_primary=True, source=source, every_steps=4)
+    assert [sync.next_action(step) for step in (1, 2, 3, 5, 6, 7)] == [Action.NONE] * 6
+    assert source.polls == 0
 
 
 @pytest.fixture
@@ -85,7 +102,7 @@ def test_the_supervisor_sink_sends_one_message_per_call(pull_socket):
     pull, address = pull_socket
     with SupervisorChannel("job-7", 3, address, None) as channel:
         every_call(SupervisorTelemetry(channel, pair=1, tower=1))
-        received = [parse_report(pull.recv()) for _ in range(5)]
+        received = [parse_report(pull.recv_multipart()[-1]) for _ in range(5)]  # [secret, report]
     step, evaluation, checkpoint, state, error = received
     assert step == StepReport(
         job_id="job-7",
