@@ -14,15 +14,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from alexserve.data.imageops import DEFAULT_MAX_IMAGE_PIXELS
+from alexserve.cli.arguments import add_max_image_pixels
 from alexserve.inference.predict import predict_files
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,13 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("model", type=Path, help="file written by `alexserve export`")
     parser.add_argument("images", type=Path, nargs="+")
-    parser.add_argument(
-        "--max-image-pixels",
-        type=positive_int,
-        default=DEFAULT_MAX_IMAGE_PIXELS,
-        help="refuse an image whose header gives more pixels, before decoding it "
-        f"(default {DEFAULT_MAX_IMAGE_PIXELS:,})",
-    )
+    add_max_image_pixels(parser)
     return parser
 
 

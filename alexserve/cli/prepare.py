@@ -19,19 +19,12 @@ import argparse
 import sys
 from pathlib import Path
 
+from alexserve.cli.arguments import add_max_image_pixels
 from alexserve.config import ConfigError
-from alexserve.data.imageops import DEFAULT_MAX_IMAGE_PIXELS
 from alexserve.data.prepare import prepare, scale_size_for
 from alexserve.data.prepared_tree import REPORT_FILE, DatasetError
 
 REJECTIONS_SHOWN = 10
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,13 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--synsets", type=Path, help="synset per line, in the order 1-based integer val labels refer to"
     )
     parser.add_argument("--class-names", type=Path, help="'<synset> <name>' per line (default SRC/synset_words.txt)")
-    parser.add_argument(
-        "--max-image-pixels",
-        type=positive_int,
-        default=DEFAULT_MAX_IMAGE_PIXELS,
-        help="reject an input whose header gives more pixels, before decoding it "
-        f"(default {DEFAULT_MAX_IMAGE_PIXELS:,})",
-    )
+    add_max_image_pixels(parser)
     return parser
 
 
