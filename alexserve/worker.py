@@ -94,7 +94,8 @@ def supervision(topology: Topology, stack: contextlib.ExitStack) -> Supervision:
 
 def build_sources(job: JobConfig, topology: Topology) -> tuple[TrainSource, EvalSource | None]:
     train = build_train_source(job, dp_rank=topology.pair, dp_size=topology.num_pairs, device=topology.device)
-    return train, build_eval_source(job, device=topology.device)
+    evaluation = build_eval_source(job, device=topology.device, shard=topology.pair, num_shards=topology.num_pairs)
+    return train, evaluation
 
 
 def build_tower(job: JobConfig, topology: Topology) -> AlexNetTower:

@@ -27,7 +27,7 @@ from alexserve.data.prepared_tree import (
     list_prepared_split,
     read_class_index,
 )
-from alexserve.data.source import EvalSource, TrainSource
+from alexserve.data.source import EmptyEvalSource, EvalSource, TrainSource, eval_shard_indices
 from alexserve.data.stats import DatasetStats
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -139,15 +139,22 @@ def build_train_source(job: JobConfig, *, dp_rank: int = 0, dp_size: int = 1, de
     return PilTrainSource(files, plan, num_workers=job.data.num_workers, **common)
 
 
-def build_eval_source(job: JobConfig, *, device: torch.device, split: str = "val") -> EvalSource:
+def build_eval_source(
+    job: JobConfig, *, device: torch.device, split: str = "val", shard: int = 0, num_shards: int = 1
+) -> EvalSource:
+    """The evaluation images of data-parallel pair `shard` of `num_shards` (`eval_shard_indices`); all with one."""
     if job.data.source == "generated":
         from alexserve.data.generated import build_generated_eval_source
 
-        return build_generated_eval_source(job, device=device)
+        return build_generated_eval_source(job, device=device, shard=shard, num_shards=num_shards)
     tree = open_prepared_tree(job)
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
     files = list_prepared_split(tree.val_dir if split == "val" else tree.train_dir, tree.classes)
+    if num_shards > 1:
+        files = [files[i] for i in eval_shard_indices(len(files), job.train.batch_size, shard, num_shards)]
+        if not files:
+            return EmptyEvalSource()
     common = dict(
         batch_size=job.train.batch_size,
         input_size=job.model.input_size,

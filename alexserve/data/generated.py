@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from alexserve.config import JobConfig, paper_scale_size
-from alexserve.data.source import EvalMode, EvalSource, TrainSource
+from alexserve.data.source import EvalMode, EvalSource, TrainSource, eval_shard_indices
 
 # Prepared images are centred raw RGB in 0..255 units (the paper trains on those); the
 # paper's N(0, 0.01) init relies on that scale, so generated images use it too.
@@ -113,8 +113,11 @@ class GeneratedTrainSource(TrainSource):
 
 
 class GeneratedEvalSource(EvalSource):
-    def __init__(self, job: JobConfig, device: torch.device):
+    def __init__(self, job: JobConfig, device: torch.device, shard: int = 0, num_shards: int = 1):
         self.images, self.labels = generate_images(job, job.data.generated_val_images, split_seed=2)
+        if num_shards > 1:
+            keep = torch.tensor(eval_shard_indices(len(self.labels), job.train.batch_size, shard, num_shards))
+            self.images, self.labels = self.images[keep], self.labels[keep]
         self.num_images = len(self.labels)
         self.batch_size, self.crop_size = job.train.batch_size, job.model.input_size
         self.device, self.dtype = device, getattr(torch, job.train.dtype)
@@ -137,5 +140,7 @@ def build_generated_train_source(
     return GeneratedTrainSource(job, dp_rank, dp_size, device)
 
 
-def build_generated_eval_source(job: JobConfig, *, device: torch.device) -> EvalSource:
-    return GeneratedEvalSource(job, device)
+def build_generated_eval_source(
+    job: JobConfig, *, device: torch.device, shard: int = 0, num_shards: int = 1
+) -> EvalSource:
+    return GeneratedEvalSource(job, device, shard, num_shards)

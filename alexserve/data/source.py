@@ -35,6 +35,16 @@ class TrainSource(ABC):
         """Release threads, pipelines and files."""
 
 
+def eval_shard_indices(num_images: int, batch_size: int, shard: int, num_shards: int) -> list[int]:
+    """The images of evaluation shard `shard`: whole batches i with i % num_shards == shard, in order.
+
+    Batch i of the whole set is images [i*B, (i+1)*B); the shard's images, batched by B again, are exactly
+    those batches (only the set's last batch may be short, and it stays last). So a pair reads and decodes
+    only its own batches, and the batches are the ones an unsharded evaluation would make.
+    """
+    return [i for i in range(num_images) if (i // batch_size) % num_shards == shard]
+
+
 class EvalSource(ABC):
     num_images: int
 
@@ -45,3 +55,12 @@ class EvalSource(ABC):
 
     def close(self) -> None:
         """Release threads, pipelines and files."""
+
+
+class EmptyEvalSource(EvalSource):
+    """A shard that got no batch (more pairs than validation batches): it still takes part in the count's sum."""
+
+    num_images = 0
+
+    def batches(self, mode: EvalMode) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return iter(())

@@ -1,7 +1,8 @@
 """Top-1/top-5 error of the towers on an evaluation source, centre crop or ten crops.
 
-With several data-parallel pairs each pair evaluates its own shard (batch i goes to pair i mod num_pairs; both
-towers of a pair take the same batches, as their exchanges need) and the error counts are summed over the pairs
+With several data-parallel pairs each pair's source holds only its own shard (batch i goes to pair i mod
+num_pairs, `data.source.eval_shard_indices`; both towers of a pair take the same batches, as their exchanges
+need), so a pair reads, decodes and evaluates only its batches, and the error counts are summed over the pairs
 (`sum_over_pairs`), so every rank gets the counts of the whole set. The counts stay on the device until that
 sum; they are read back once per evaluation.
 """
@@ -38,21 +39,17 @@ def evaluate(
     source: EvalSource,
     mode: EvalMode,
     *,
-    shard: int = 0,
-    num_shards: int = 1,
     sum_counts: Callable[[torch.Tensor], torch.Tensor] = _unchanged,
     device: torch.device | None = None,
 ) -> EvalResult:
     """`logits_of(images [N,3,S,S]) -> logits [N, classes]` (towers or grouped model, in eval mode).
 
-    Ten-crop averages the softmax over the ten patches, as the paper does. Only the batches of `shard` (of
-    `num_shards`) are evaluated here; `sum_counts` sums [top-1 errors, top-5 errors, images] over the shards
-    (collective when there are several: every shard calls it, even one that got no batch).
+    Ten-crop averages the softmax over the ten patches, as the paper does. With several pairs `source` holds
+    this pair's shard, and `sum_counts` sums [top-1 errors, top-5 errors, images] over the shards (collective
+    when there are several: every shard calls it, even one that got no batch).
     """
     top1 = top5 = seen = 0
-    for index, (images, labels) in enumerate(source.batches(mode)):
-        if index % num_shards != shard:
-            continue
+    for images, labels in source.batches(mode):
         if mode == "ten_crop":
             batch, crops = images.shape[:2]
             probs = logits_of(images.flatten(0, 1)).float().softmax(dim=1).view(batch, crops, -1).mean(dim=1)

@@ -182,11 +182,11 @@ class TowerTrainer:
         def sum_counts(counts: torch.Tensor) -> torch.Tensor:
             return sum_over_pairs(counts, self.topology)
 
-        shards = dict(shard=self.topology.pair, num_shards=self.topology.num_pairs, device=self.topology.device)
         try:
             modes = ("center", "ten_crop") if ten_crop else ("center",)
             return {
-                mode: evaluate(logits_of, self.eval_source, mode, sum_counts=sum_counts, **shards) for mode in modes
+                mode: evaluate(logits_of, self.eval_source, mode, sum_counts=sum_counts, device=self.topology.device)
+                for mode in modes
             }
         finally:
             self.tower.train()

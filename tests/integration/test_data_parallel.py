@@ -9,7 +9,7 @@ import torch
 
 from alexserve.checkpoint.run_checkpointer import SHARD_NAMES
 from alexserve.checkpoint.store import CheckpointStore
-from alexserve.data.source import EvalSource
+from alexserve.data.source import EvalSource, eval_shard_indices
 from alexserve.parallel.data_parallel import replicate_across_pairs
 from alexserve.parallel.topology import Topology
 from alexserve.train.evaluation import evaluate, sum_over_pairs
@@ -44,10 +44,12 @@ def test_two_pairs_step_equals_one_pair_on_the_concatenated_batch(tmp_path):
 
 
 class FixedEvalSource(EvalSource):
-    """The parity batch of 10 images, in batches of 3 (the last one short): 4 batches."""
+    """The parity batch of 10 images in batches of 3 (the last one short): 4 batches, of which this pair's shard."""
 
-    def __init__(self) -> None:
-        self.images, self.labels = make_batch(10)
+    def __init__(self, shard: int, num_shards: int) -> None:
+        images, labels = make_batch(10)
+        keep = torch.tensor(eval_shard_indices(len(labels), 3, shard, num_shards))
+        self.images, self.labels = images[keep], labels[keep]
         self.num_images = len(self.labels)
 
     def batches(self, mode):
@@ -61,10 +63,8 @@ def rank_sharded_evaluation(topology: Topology, out: Path) -> None:
     tower.eval()
     result = evaluate(
         lambda images: tower_forward_logits(tower, exchange, images, None),
-        FixedEvalSource(),
+        FixedEvalSource(topology.pair, topology.num_pairs),
         "center",
-        shard=topology.pair,
-        num_shards=topology.num_pairs,
         sum_counts=lambda counts: sum_over_pairs(counts, topology),
         device=topology.device,
     )
