@@ -32,12 +32,11 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from alexserve.checkpoint.rng_state import capture_rng_state, restore_rng_state
 from alexserve.checkpoint.store import (
     CheckpointError,
     CheckpointRef,
     CheckpointStore,
-    capture_rng_state,
-    restore_rng_state,
 )
 from alexserve.config import JobConfig
 from alexserve.contract.names import ENV_JOB_ID, ENV_RUN_ID

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import torch
 
-from alexserve.checkpoint.store import CheckpointRef, CheckpointStore, capture_rng_state
+from alexserve.checkpoint.rng_state import capture_rng_state
+from alexserve.checkpoint.store import CheckpointRef, CheckpointStore
 from alexserve.config import JobConfig, ModelConfig
 from helpers.tensors import context
 

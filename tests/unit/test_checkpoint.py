@@ -17,13 +17,12 @@ import pytest
 import torch
 
 from alexserve.checkpoint import store as ckpt
+from alexserve.checkpoint.rng_state import capture_rng_state, restore_rng_state
 from alexserve.checkpoint.store import (
     CheckpointError,
     CheckpointRef,
     CheckpointStore,
-    capture_rng_state,
     check_loadable,
-    restore_rng_state,
 )
 from alexserve.config import ModelConfig
 from helpers.checkpoints import (
