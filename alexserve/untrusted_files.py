@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import yaml
 
@@ -19,26 +19,43 @@ MAX_CONFIG_BYTES = 1024 * 1024  # a job spec is a few hundred bytes; a megabyte 
 
 
 class UntrustedFileError(ValueError):
-    """A file or text refused before or while parsing; the message names the file and the reason."""
+    """A file or text refused before or while parsing; the message names the file and the reason.
+
+    `reason` is the message without the file's name, for callers that name the file themselves;
+    `missing` says the file does not exist at all.
+    """
+
+    def __init__(self, path: Path, reason: str, missing: bool = False) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason, self.missing = path, reason, missing
+
+
+def open_regular_file(path: Path) -> tuple[BinaryIO, os.stat_result]:
+    """`path` opened for binary reading with its fstat, refused unless it is a regular file.
+
+    O_NONBLOCK: opening a FIFO must not wait for a writer; fstat then tells what was really
+    opened, so a path swapped between a check and the open cannot slip through.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as err:
+        raise UntrustedFileError(path, f"cannot read: {err.strerror}", isinstance(err, FileNotFoundError)) from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise UntrustedFileError(path, "not a regular file (a device, FIFO, socket or folder)")
+    return os.fdopen(fd, "rb"), info
 
 
 def read_small_regular_file(path: Path, max_bytes: int = MAX_CONFIG_BYTES) -> bytes:
     """The bytes of `path`, refused unless it is a regular file of at most `max_bytes`."""
-    try:
-        # O_NONBLOCK: opening a FIFO must not wait for a writer; fstat then tells what was really opened.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    except OSError as err:
-        raise UntrustedFileError(f"{path}: cannot read: {err.strerror}") from None
-    info = os.fstat(fd)
-    if not stat.S_ISREG(info.st_mode):
-        os.close(fd)
-        raise UntrustedFileError(f"{path}: not a regular file (a device, FIFO, socket or folder)")
-    with os.fdopen(fd, "rb") as file:
+    file, info = open_regular_file(path)
+    with file:
         if info.st_size > max_bytes:
-            raise UntrustedFileError(f"{path}: {info.st_size:,} bytes, over the limit of {max_bytes:,}")
+            raise UntrustedFileError(path, f"{info.st_size:,} bytes, over the limit of {max_bytes:,}")
         data = file.read(max_bytes + 1)
     if len(data) > max_bytes:  # it grew while we read it
-        raise UntrustedFileError(f"{path}: over the limit of {max_bytes:,} bytes")
+        raise UntrustedFileError(path, f"over the limit of {max_bytes:,} bytes")
     return data
 
 

@@ -14,14 +14,14 @@ that would decode to a gigabyte never does.
 
 from __future__ import annotations
 
-import os
-import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+from alexserve.untrusted_files import UntrustedFileError, open_regular_file
 
 # ImageNet images are named .JPEG whatever they hold; these are the PIL formats we expect.
 _JPEG = "JPEG"
@@ -49,24 +49,14 @@ def load_rgb(
     `max_pixels`: an image whose header gives more pixels is refused before decoding.
     """
     path = Path(path)
-    with _open_regular(path) as file:
-        return _load_rgb(path, file, draft_size, max_pixels)
-
-
-def _open_regular(path: Path):
-    """The file at `path` opened for reading, if it is a regular file; BadImage otherwise (never blocks on a FIFO)."""
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    except OSError as err:
-        raise BadImage(f"cannot read: {err.strerror}") from None
-    info = os.fstat(fd)
-    if not stat.S_ISREG(info.st_mode):
-        os.close(fd)
-        raise BadImage("not a regular file")
-    if info.st_size == 0:
-        os.close(fd)
-        raise BadImage("zero-byte file")
-    return os.fdopen(fd, "rb")
+        file, info = open_regular_file(path)
+    except UntrustedFileError as err:
+        raise BadImage(err.reason) from None
+    with file:
+        if info.st_size == 0:
+            raise BadImage("zero-byte file")
+        return _load_rgb(path, file, draft_size, max_pixels)
 
 
 def _load_rgb(path: Path, file, draft_size: tuple[int, int] | None, max_pixels: int) -> Loaded:

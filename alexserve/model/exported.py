@@ -32,8 +32,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import stat
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +40,7 @@ from pydantic import ValidationError
 
 from alexserve.config import ModelConfig
 from alexserve.model.grouped import AlexNetGrouped
+from alexserve.untrusted_files import UntrustedFileError, open_regular_file
 
 EXPORT_FORMAT = "alexserve-grouped/1"
 DIGEST_KEY = "content_sha256"
@@ -134,15 +133,12 @@ def load_exported(path: str | Path, map_location: str | torch.device = "cpu") ->
 
 def _load_content(path: Path) -> dict[str, Any]:
     try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        raise ExportError(f"{path}: no such file") from None
-    except OSError as err:
-        raise ExportError(f"{path}: cannot read: {err.strerror}") from None
-    if not stat.S_ISREG(mode):
-        raise ExportError(f"{path}: not a regular file")
+        file, _ = open_regular_file(path)
+    except UntrustedFileError as err:
+        raise ExportError(f"{path}: no such file" if err.missing else str(err)) from None
     try:
-        content = torch.load(path, map_location="cpu", weights_only=True)
+        with file:
+            content = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for refused or damaged pickles
         first = str(err).splitlines()[0] if str(err) else ""
         raise ExportError(f"{path}: not a loadable export ({type(err).__name__}: {first})") from None
