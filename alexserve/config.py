@@ -53,6 +53,7 @@ KernelSide = Annotated[int, Field(ge=1, le=MAX_KERNEL_SIDE)]
 PAPER_BIAS_ONE_LAYERS = ("conv2", "conv4", "conv5", "fc6", "fc7")
 PAPER_INPUT_SIZE = 224
 PAPER_SCALE_SIZE = 256
+PAPER_FLIP_PROBABILITY = 0.5
 # Below paper size the learning rate ramps up linearly over this many epochs (see OptimConfig.warmup_epochs).
 REDUCED_NET_WARMUP_EPOCHS = 1.0
 
@@ -287,7 +288,14 @@ class DataConfig(StrictModel):
         "data. "
         f"At most {2 * MAX_INPUT_SIZE}.",
     )
-    flip_probability: float = Field(0.5, ge=0.0, le=1.0, description="Chance of a horizontal reflection (paper: 0.5).")
+    flip_probability: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description=f"Chance of a horizontal reflection (paper: {PAPER_FLIP_PROBABILITY:g}); 0 also leaves the "
+        "mirrored patches out of the ten-crop test. None: the paper's, unless the prepared tree's mirror check "
+        "(data/mirror_check.py) shows that mirroring loses the class (a mirrored digit is no digit): then 0.",
+    )
     pca_lighting_std: float = Field(
         0.1,
         ge=0.0,
@@ -306,6 +314,15 @@ class DataConfig(StrictModel):
         le=MAX_GENERATED_IMAGES,
         description=f"Images in the generated validation set, held in memory; at most {MAX_GENERATED_IMAGES:,}.",
     )
+
+    @property
+    def flip_probability_used(self) -> float:
+        return PAPER_FLIP_PROBABILITY if self.flip_probability is None else self.flip_probability
+
+    @property
+    def test_time_mirrors(self) -> bool:
+        """Whether the ten-crop test averages the mirrored patches too: only for a net that trained on mirrors."""
+        return self.flip_probability_used > 0.0
 
     @model_validator(mode="after")
     def _check_source(self) -> DataConfig:
@@ -357,6 +374,13 @@ class OptimConfig(StrictModel):
     )
     max_lr_reductions: int = Field(
         3, ge=0, le=20, description="Reductions before training stops (paper: three); at most 20."
+    )
+    reductions_within_budget: bool | None = Field(
+        None,
+        description="When the epochs left in train.num_epochs are no more than the reductions still due, the rate "
+        "is divided after every epoch, so a run too short for its plateaus still ends at the reduced rates rather "
+        "than at the first, noisiest one. None: off at paper size (the paper's plateau rule alone), on below "
+        "(a departure).",
     )
 
 
@@ -463,6 +487,14 @@ class JobConfig(StrictModel):
         if self.optim.warmup_epochs is not None:
             return self.optim.warmup_epochs
         return 0.0 if self.model.paper_sized else REDUCED_NET_WARMUP_EPOCHS
+
+    @property
+    def lr_epoch_budget(self) -> int | None:
+        """The epochs the schedule must fit its reductions into (optim.reductions_within_budget), or None."""
+        within = self.optim.reductions_within_budget
+        if within is None:
+            within = not self.model.paper_sized
+        return self.train.num_epochs if within else None
 
 
 def demo_config() -> JobConfig:

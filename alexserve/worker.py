@@ -132,7 +132,7 @@ def run(job: JobConfig, topology: Topology, resume: bool, supervised: Supervisio
             topology.rank, topology.peer, topology.tower, where=watchdog.where, channels_last=job.train.channels_last
         )
         optimizer = PaperSGD.from_config(tower.parameters(), job.optim)
-        schedule = PlateauSchedule(job.optim)
+        schedule = PlateauSchedule(job.optim, job.lr_epoch_budget)
         checkpointer = RunCheckpointer(job, topology, open_store(job, job_identity()))
         position = checkpointer.restore(tower, optimizer, schedule) if resume else None
         history = None

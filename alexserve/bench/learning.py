@@ -235,7 +235,7 @@ def train_grouped(job: JobConfig, log) -> list[EpochRecord]:
     device = torch.device("cpu")
     model = AlexNetGrouped.from_seed(job.model, cfg.seed).to(dtype=getattr(torch, cfg.dtype))
     optimizer = PaperSGD.from_config(model.parameters(), job.optim)
-    schedule = PlateauSchedule(job.optim)
+    schedule = PlateauSchedule(job.optim, job.lr_epoch_budget)
     optimizer.set_lr(schedule.lr)
     train_source = build_train_source(job, device=device)
     eval_source = build_eval_source(job, device=device)
@@ -264,7 +264,9 @@ def train_grouped(job: JobConfig, log) -> list[EpochRecord]:
             model.eval()
             logits_of = lambda batch: model(batch, None)  # noqa: E731
             modes = ("center", "ten_crop") if ten_crop else ("center",)
-            results = {mode: evaluate(logits_of, eval_source, mode) for mode in modes}
+            results = {
+                mode: evaluate(logits_of, eval_source, mode, mirrors=job.data.test_time_mirrors) for mode in modes
+            }
             lr_used = optimizer.param_groups[0]["lr"]  # the last step's, as the loop records it
             optimizer.set_lr(schedule.step(results["center"].top1_error))
             ten = results.get("ten_crop")

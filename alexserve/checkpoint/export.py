@@ -89,6 +89,7 @@ def export_checkpoint(checkpoint: Path, out: Path) -> Path:
         "model_config": job.model.model_dump(mode="json"),
         "state_dict": state_dict,
         "step": step,
+        "test_time_mirrors": job.data.test_time_mirrors,
         **prepared_extras(job),
     }
     try:

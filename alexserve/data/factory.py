@@ -18,6 +18,7 @@ import torch
 
 from alexserve.config import JobConfig
 from alexserve.data.augment import TrainPlan
+from alexserve.data.mirror_check import MIRROR_CHECK_FILE, MirrorCheck
 from alexserve.data.prepared_tree import (
     CLASSES_FILE,
     STATS_FILE,
@@ -41,6 +42,7 @@ class PreparedTree:
     classes: list[ClassInfo]
     train_dir: Path
     val_dir: Path
+    mirror_check: MirrorCheck | None = None  # None: prepared before `prepare` checked mirroring
 
 
 def open_prepared_tree(job: JobConfig) -> PreparedTree:
@@ -67,7 +69,7 @@ def open_prepared_tree(job: JobConfig) -> PreparedTree:
             "leave model.num_classes unset to take the tree's"
         )
     val_dir = Path(data.val_dir) if data.val_dir is not None else root / "val"
-    return PreparedTree(stats, classes, train_dir, val_dir)
+    return PreparedTree(stats, classes, train_dir, val_dir, MirrorCheck.load(root / MIRROR_CHECK_FILE))
 
 
 class LoaderUnavailableError(DatasetError):
@@ -110,7 +112,7 @@ def train_plan(job: JobConfig, num_images: int, stats: DatasetStats, dp_rank: in
         dp_rank=dp_rank,
         dp_size=dp_size,
         max_offset=stats.scale_size - job.model.input_size,
-        flip_probability=job.data.flip_probability,
+        flip_probability=job.data.flip_probability_used,
         pca_lighting_std=job.data.pca_lighting_std,
         stats=stats,
     )

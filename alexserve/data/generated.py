@@ -74,7 +74,7 @@ class GeneratedTrainSource(TrainSource):
         self.images, self.labels = generate_images(job, job.data.generated_train_images, split_seed=1)
         self.seed, self.dp_rank, self.dp_size = job.train.seed, dp_rank, dp_size
         self.batch_size, self.crop_size = job.train.batch_size, job.model.input_size
-        self.flip_probability = job.data.flip_probability
+        self.flip_probability = job.data.flip_probability_used
         self.device, self.dtype = device, getattr(torch, job.train.dtype)
         shard = len(self.labels) // dp_size
         self.steps_per_epoch = shard // self.batch_size

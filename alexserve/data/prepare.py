@@ -10,9 +10,11 @@ from SRC/synset_words.txt ("<synset> <name>") or `--class-names`.
 Every image is rescaled so its shorter side is `scale_size` (`--scale-size`,
 256 in the paper), cut to the central square and written as RGB JPEG (layout in
 `prepared_tree.py`). Then the mean image and RGB PCA are computed over the *prepared*
-training pixels (`stats.py`). Inputs that are PNG/CMYK/grayscale are converted;
-zero-byte, truncated and non-image inputs are rejected; both are listed with the
-reason in DST/prepare_report.json. An input whose header gives more than
+training pixels (`stats.py`), and whether mirroring keeps an image's class
+(`mirror_check.py`, DST/mirror_check.json; it decides the default flips).
+Inputs that are PNG/CMYK/grayscale are converted; zero-byte, truncated
+and non-image inputs are rejected; both are listed with the reason in
+DST/prepare_report.json. An input whose header gives more than
 `max_image_pixels` pixels (`--max-image-pixels`, default 100 megapixels) is
 rejected before it is decoded. Progress (a tqdm line with rate and ETA) goes to
 stderr. Re-running finishes an interrupted job: inputs already recorded in
@@ -42,6 +44,7 @@ from tqdm import tqdm
 
 from alexserve.config import PAPER_SCALE_SIZE, load_config, paper_scale_size
 from alexserve.data.imageops import DEFAULT_MAX_IMAGE_PIXELS, BadImage, load_rgb, rescale_center_crop
+from alexserve.data.mirror_check import MIRROR_CHECK_FILE, MirrorAccumulator
 from alexserve.data.prepared_tree import (
     CLASSES_FILE,
     JOURNAL_FILE,
@@ -268,8 +271,9 @@ def _convert_star(args: tuple[Task, int, int, int]) -> dict:
     return convert_one(*args)
 
 
-def accumulate_stats(paths: list[str], scale_size: int) -> StatsAccumulator:
-    acc = StatsAccumulator(scale_size)
+def accumulate_stats(paths: list[str], scale_size: int) -> tuple[StatsAccumulator, MirrorAccumulator]:
+    """The mean/PCA sums and the mirror check's sums of prepared training images (DST/train/<synset>/<file>)."""
+    acc, mirror = StatsAccumulator(scale_size), MirrorAccumulator()
     for p in paths:
         with Image.open(p) as img:
             arr = np.asarray(img.convert("RGB"))
@@ -278,10 +282,11 @@ def accumulate_stats(paths: list[str], scale_size: int) -> StatsAccumulator:
                 f"{p}: prepared image is {arr.shape[1]}x{arr.shape[0]}, expected {scale_size}x{scale_size}"
             )
         acc.add(arr)
-    return acc
+        mirror.add(Path(p).parent.name, p, arr)
+    return acc, mirror
 
 
-def _stats_star(args: tuple[list[str], int]) -> StatsAccumulator:
+def _stats_star(args: tuple[list[str], int]) -> tuple[StatsAccumulator, MirrorAccumulator]:
     return accumulate_stats(*args)
 
 
@@ -375,13 +380,16 @@ def prepare(
         train_out = sorted(r["dst"] for r in records.values() if r["split"] == "train" and r["status"] != "rejected")
         chunks = [train_out[i :: workers * 4] for i in range(workers * 4)]
         chunks = [c for c in chunks if c]
-        total = StatsAccumulator(scale_size)
+        total, mirror = StatsAccumulator(scale_size), MirrorAccumulator()
         with _progress("prepare: mean/PCA", len(train_out)) as progress:
-            for acc in pool.imap_unordered(_stats_star, [(c, scale_size) for c in chunks]):
+            for acc, mirror_part in pool.imap_unordered(_stats_star, [(c, scale_size) for c in chunks]):
                 total.merge(acc)
+                mirror.merge(mirror_part)
                 progress.update(acc.num_images)
     stats = total.finish()
     stats.save(dst / STATS_FILE)
+    mirror_check = mirror.finish()
+    mirror_check.save(dst / MIRROR_CHECK_FILE)
 
     names = _read_class_names(class_names or src / "synset_words.txt")
     write_class_index(dst / CLASSES_FILE, [ClassInfo(i, s, names.get(s, s)) for i, s in enumerate(synsets)])
@@ -398,6 +406,7 @@ def prepare(
         "skipped": skipped,
         "classes": len(synsets),
         "train_images": stats.num_images,
+        "mirroring_keeps_class": mirror_check.mirroring_keeps_class,
         "val_images": sum(r["split"] == "val" and r["status"] != "rejected" for r in ordered),
     }
     atomic_write_text(dst / REPORT_FILE, json.dumps(summary, indent=1) + "\n")

@@ -36,7 +36,7 @@ def measure_error_rates(
     """
     data = Path(data)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = load_model(model_path, device)
+    model, mirrors = load_model(model_path, device)
     job = JobConfig(
         model=model.cfg,
         data=DataConfig(
@@ -45,13 +45,13 @@ def measure_error_rates(
         train=TrainConfig(batch_size=batch_size),
     )
     source = build_eval_source(job, device=device, split=split)
-    return _results(model, source)
+    return _results(model, source, mirrors)
 
 
-def _results(model, source) -> Iterator[EvalResult]:
+def _results(model, source, mirrors: bool) -> Iterator[EvalResult]:
     try:
         with torch.no_grad():
             for mode in EVAL_MODES:
-                yield evaluate(model, source, mode)
+                yield evaluate(model, source, mode, mirrors=mirrors)
     finally:
         source.close()

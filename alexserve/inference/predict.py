@@ -16,7 +16,9 @@ import torch
 
 from alexserve.data.imageops import DEFAULT_MAX_IMAGE_PIXELS
 from alexserve.data.raw_images import load_ten_crops
+from alexserve.inference.saved_model import exported_test_time_mirrors
 from alexserve.model.exported import ExportError, load_exported
+from alexserve.train.evaluation import UNMIRRORED_CROPS
 
 
 @dataclass(frozen=True)
@@ -27,13 +29,23 @@ class RankedClass:
 
 
 def predict(
-    model, mean_image: np.ndarray, paths: list[Path], top: int = 5, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    model,
+    mean_image: np.ndarray,
+    paths: list[Path],
+    top: int = 5,
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    mirrors: bool = True,
 ) -> list[list[tuple[int, float]]]:
-    """(class index, probability) of the `top` most likely classes of each image, most likely first."""
+    """(class index, probability) of the `top` most likely classes of each image, most likely first.
+
+    Without `mirrors` (a model trained without flips) the five mirrored crops are left out.
+    """
     crops = load_ten_crops(paths, mean_image, model.cfg.input_size, max_pixels)
+    if not mirrors:
+        crops = crops[:, :UNMIRRORED_CROPS]
     with torch.no_grad():
-        n = crops.shape[0]
-        probs = model(crops.flatten(0, 1)).softmax(dim=1).view(n, 10, -1).mean(dim=1)
+        n, per_image = crops.shape[:2]
+        probs = model(crops.flatten(0, 1)).softmax(dim=1).view(n, per_image, -1).mean(dim=1)
     values, indices = probs.topk(min(top, probs.shape[1]), dim=1)
     return [[(int(i), float(v)) for i, v in zip(row_i, row_v)] for row_i, row_v in zip(indices, values)]
 
@@ -59,5 +71,5 @@ def predict_files(
     if "mean_image" not in meta:
         raise ExportError(f"{model_path} has no mean image (its job did not train on a prepared tree)")
     labels = class_labels(meta)
-    ranked = predict(model, meta["mean_image"].numpy(), images, top, max_pixels)
+    ranked = predict(model, meta["mean_image"].numpy(), images, top, max_pixels, exported_test_time_mirrors(meta))
     return [[RankedClass(i, labels.get(i, f"class {i}"), p) for i, p in row] for row in ranked]

@@ -12,16 +12,17 @@ from alexserve.model import AlexNetGrouped
 from alexserve.model.exported import load_exported
 
 
-def load_model(path: Path, device: torch.device) -> AlexNetGrouped:
-    """`path` is a file written by `alexserve export`, a checkpoint folder, or a directory of checkpoints
-    (its newest complete one). Raises `ExportError` or `CheckpointError` naming the path.
+def load_model(path: Path, device: torch.device) -> tuple[AlexNetGrouped, bool]:
+    """(the model, whether its ten-crop test takes mirrored patches: only if it trained on mirrors).
 
+    `path` is a file written by `alexserve export`, a checkpoint folder, or a directory of checkpoints
+    (its newest complete one). Raises `ExportError` or `CheckpointError` naming the path.
     An export is checked against its SHA-256 and every other check of `load_exported`.
     """
     path = Path(path)
     if path.exists() and not path.is_dir():
-        model, _ = load_exported(path, map_location=device)
-        return model.to(device)
+        model, meta = load_exported(path, map_location=device)
+        return model.to(device), exported_test_time_mirrors(meta)
     job, state_dict, _ = load_grouped_state(path)
     model = AlexNetGrouped(job.model)
     try:
@@ -30,4 +31,9 @@ def load_model(path: Path, device: torch.device) -> AlexNetGrouped:
         raise CheckpointError(
             f"{path}: the checkpoint does not fit its own config: {str(err).splitlines()[0]}"
         ) from None
-    return model.to(device).eval()
+    return model.to(device).eval(), job.data.test_time_mirrors
+
+
+def exported_test_time_mirrors(meta: dict) -> bool:
+    """An export made before the field existed trained on the paper's flips."""
+    return meta.get("test_time_mirrors", True) is not False

@@ -29,6 +29,10 @@ class EvalResult:
     images: int
 
 
+# The eval sources' ten crops are the four corners and the centre, then the same five mirrored.
+UNMIRRORED_CROPS = 5
+
+
 def _unchanged(counts: torch.Tensor) -> torch.Tensor:
     return counts
 
@@ -41,16 +45,20 @@ def evaluate(
     *,
     sum_counts: Callable[[torch.Tensor], torch.Tensor] = _unchanged,
     device: torch.device | None = None,
+    mirrors: bool = True,
 ) -> EvalResult:
     """`logits_of(images [N,3,S,S]) -> logits [N, classes]` (towers or grouped model, in eval mode).
 
-    Ten-crop averages the softmax over the ten patches, as the paper does. With several pairs `source` holds
+    Ten-crop averages the softmax over the ten patches, as the paper does; without `mirrors` (a net trained
+    without flips, `DataConfig.test_time_mirrors`) over the five unmirrored ones. With several pairs `source` holds
     this pair's shard, and `sum_counts` sums [top-1 errors, top-5 errors, images] over the shards (collective
     when there are several: every shard calls it, even one that got no batch).
     """
     top1 = top5 = seen = 0
     for images, labels in source.batches(mode):
         if mode == "ten_crop":
+            if not mirrors:
+                images = images[:, :UNMIRRORED_CROPS]
             batch, crops = images.shape[:2]
             probs = logits_of(images.flatten(0, 1)).float().softmax(dim=1).view(batch, crops, -1).mean(dim=1)
         else:

@@ -185,7 +185,14 @@ class TowerTrainer:
         try:
             modes = ("center", "ten_crop") if ten_crop else ("center",)
             return {
-                mode: evaluate(logits_of, self.eval_source, mode, sum_counts=sum_counts, device=self.topology.device)
+                mode: evaluate(
+                    logits_of,
+                    self.eval_source,
+                    mode,
+                    sum_counts=sum_counts,
+                    device=self.topology.device,
+                    mirrors=self.job.data.test_time_mirrors,
+                )
                 for mode in modes
             }
         finally:

@@ -1,7 +1,7 @@
 """What a job leaves to 'auto', filled in from its data, and the departures from the paper that follow.
 
     resolved = resolve_job(job)
-    resolved.job          # num_classes, scale_size and pixel_std measured from the data
+    resolved.job          # num_classes, scale_size, pixel_std and flips measured from the data
     resolved.departures   # one line per choice that is not the paper's, printed once at start
 
 At paper size (width 1.0 on 224-pixel or larger inputs) every 'auto' field is
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from alexserve.config import PAPER_BIAS_ONE_LAYERS, JobConfig
+from alexserve.config import PAPER_BIAS_ONE_LAYERS, PAPER_FLIP_PROBABILITY, JobConfig
 from alexserve.data.factory import open_prepared_tree
 
 # Generated images measured for their pixel std: enough for a stable figure, quick to make.
@@ -33,10 +33,27 @@ class ResolvedJob:
 
 def _measured_from_folder(job: JobConfig) -> dict[str, dict]:
     tree = open_prepared_tree(job)  # checks fields set by hand against the tree, naming both values
+    mirror = tree.mirror_check
     return {
         "model": {"num_classes": len(tree.classes), "pixel_std": tree.stats.centred_pixel_std()},
-        "data": {"scale_size": tree.stats.scale_size},
+        "data": {
+            "scale_size": tree.stats.scale_size,
+            "flip_probability": PAPER_FLIP_PROBABILITY if mirror is None or mirror.mirroring_keeps_class else 0.0,
+        },
     }
+
+
+def flip_departure(job: JobConfig) -> str | None:
+    """Why flips are off, when the mirror check turned them off (`data.flip_probability` left unset)."""
+    if job.data.flip_probability is not None or job.data.source != "folder":
+        return None
+    mirror = open_prepared_tree(job).mirror_check
+    if mirror is None or mirror.mirroring_keeps_class:
+        return None
+    return (
+        f"flips: none, and no mirrored patches in the ten-crop test, instead of the paper's random reflections: "
+        f"mirroring loses the class in this data ({mirror.describe()})"
+    )
 
 
 def _measured_from_generator(job: JobConfig) -> dict[str, dict]:
@@ -58,7 +75,7 @@ def _measured_from_generator(job: JobConfig) -> dict[str, dict]:
 
 
 def with_measurements(job: JobConfig) -> JobConfig:
-    """The job with num_classes, scale_size and pixel_std taken from its data.
+    """The job with num_classes, scale_size, pixel_std and (prepared trees) flip_probability taken from its data.
 
     Fields set by hand are checked, not replaced.
     """
@@ -89,6 +106,12 @@ def departures(job: JobConfig) -> list[str]:
         lines.append(
             f"learning rate: linear warmup over {job.warmup_epochs_used:g} epoch(s) to {job.optim.learning_rate:g}{why}"
         )
+    if job.lr_epoch_budget is not None and job.optim.max_lr_reductions > 0:
+        lines.append(
+            f"learning rate: also divided by {job.optim.lr_divisor:g} after each of the last "
+            f"{job.optim.max_lr_reductions} epochs of {job.lr_epoch_budget} that the plateau rule has not reduced, "
+            f"so a short run ends at the reduced rates{why}"
+        )
     if model.lrn_alpha_convention == "printed":
         lines.append("LRN: the paper's printed alpha (not divided by n), five times stronger than the authors' code")
     return lines
@@ -96,4 +119,5 @@ def departures(job: JobConfig) -> list[str]:
 
 def resolve_job(job: JobConfig) -> ResolvedJob:
     resolved = with_measurements(job)
-    return ResolvedJob(resolved, departures(resolved))
+    flips = flip_departure(job)
+    return ResolvedJob(resolved, departures(resolved) + ([flips] if flips else []))

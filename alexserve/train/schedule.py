@@ -20,7 +20,14 @@ and one that is a hair better must not postpone a due drop forever. So:
   counts as useful if it beats every earlier one);
 - when a reduction is due but `max_lr_reductions` have already been made,
   `should_stop` becomes true and the rate is left alone: that is the paper's
-  termination after the third reduction's plateau.
+  termination after the third reduction's plateau;
+- with an `epoch_budget` (`JobConfig.lr_epoch_budget`, below paper size):
+  once the epochs left are no more than the reductions not yet made, an
+  epoch that did not drop the rate on a plateau drops it anyway. The paper
+  ran until its plateaus ended training; a run given fewer epochs than that
+  would otherwise end at its first, noisiest rate. Each remaining rate gets
+  the run's last epochs, one apiece, and nothing changes for a run whose
+  plateaus came in time.
 
 `warmup_factor` is the linear warmup that reduced nets start with (see
 `JobConfig.warmup_epochs_used`); it scales this rate within the first epochs.
@@ -39,7 +46,8 @@ _STATE_KEYS = ("version", "lr", "best_error", "epochs_since_improvement", "num_r
 class PlateauSchedule:
     """Learning rate per epoch from the validation error (see the module docstring)."""
 
-    def __init__(self, optim_cfg) -> None:
+    def __init__(self, optim_cfg, epoch_budget: int | None = None) -> None:
+        self.epoch_budget = epoch_budget
         self.divisor = float(optim_cfg.lr_divisor)
         self.patience = int(optim_cfg.plateau_patience)
         self.min_relative_improvement = float(optim_cfg.plateau_min_relative_improvement)
@@ -62,9 +70,20 @@ class PlateauSchedule:
         if val_error < self.best_error:
             self.best_error = float(val_error)
         self.epochs_since_improvement = 0 if improved else self.epochs_since_improvement + 1
+        reductions_before = self.num_reductions
         if self.epochs_since_improvement >= self.patience and not self.should_stop:
             self._plateau()
+        if self.num_reductions == reductions_before and self._budget_demands_reduction():
+            self.lr /= self.divisor
+            self.num_reductions += 1
+            self.epochs_since_improvement = 0
         return self.lr
+
+    def _budget_demands_reduction(self) -> bool:
+        if self.epoch_budget is None or self.should_stop:
+            return False
+        epochs_left = self.epoch_budget - self.num_epochs
+        return 0 < epochs_left <= self.max_reductions - self.num_reductions
 
     def lr_at_step(self, global_step: int, warmup_steps: int) -> float:
         """The rate for step `global_step` (0-based): the plateau rate, scaled while the warmup ramps up."""

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from alexserve.config import PAPER_BIAS_ONE_LAYERS, DataConfig, JobConfig, ModelConfig, TrainConfig, demo_config
+from alexserve.data.mirror_check import MIRROR_CHECK_FILE, MirrorCheck
 from alexserve.data.prepared_tree import DatasetError
 from alexserve.data.stats import StatsAccumulator
 from alexserve.model import AlexNetGrouped
@@ -25,6 +26,8 @@ def test_paper_size_keeps_every_choice_of_the_paper():
     assert job.model.bias_one_layers_used == PAPER_BIAS_ONE_LAYERS
     assert job.model.input_scaling_used == "raw" and job.model.input_divisor == 1.0
     assert job.warmup_epochs_used == 0.0
+    assert job.lr_epoch_budget is None
+    assert job.data.flip_probability_used == 0.5 and job.data.test_time_mirrors
     assert departures(job) == []
 
 
@@ -34,8 +37,10 @@ def test_below_paper_size_every_departure_is_taken_and_named(width, input_size):
     assert not job.model.paper_sized
     assert (job.model.init_scheme_used, job.model.bias_one_layers_used, job.model.input_divisor) == ("he", (), 50.0)
     assert job.warmup_epochs_used == 1.0
+    assert job.lr_epoch_budget == job.train.num_epochs
     lines = departures(job)
-    assert [line.split(":")[0] for line in lines] == ["init", "biases", "input", "learning rate"]
+    assert [line.split(":")[0] for line in lines] == ["init", "biases", "input", "learning rate", "learning rate"]
+    assert "last 3 epochs of 90" in lines[4]
     assert all(f"width {width:g}, input {input_size}" in line for line in lines)
 
 
@@ -48,7 +53,7 @@ def test_fields_set_by_hand_win_over_auto():
         init_bias_one_layers=PAPER_BIAS_ONE_LAYERS,
         input_scaling="raw",
     )
-    job = JobConfig(model=model, optim={"warmup_epochs": 0})
+    job = JobConfig(model=model, optim={"warmup_epochs": 0, "reductions_within_budget": False})
     assert departures(job) == []
 
 
@@ -135,3 +140,31 @@ def test_an_unresolved_job_says_so_when_a_model_is_built():
     with pytest.raises(ValueError, match="num_classes is not set"):
         AlexNetGrouped(ModelConfig())
     assert TrainConfig().batch_size == 128  # the paper's
+
+
+def test_flips_follow_the_trees_mirror_check_unless_set_by_hand():
+    _, dst, _ = tiny_prepared_tree()
+    saved = (dst / MIRROR_CHECK_FILE).read_bytes()
+    assert MirrorCheck.load(dst / MIRROR_CHECK_FILE).mirroring_keeps_class  # striped textures: mirror-symmetric
+    job = JobConfig(
+        model=ModelConfig(width=0.25, input_size=64), data=DataConfig(source="folder", train_dir=dst / "train")
+    )
+    try:
+        kept = resolve_job(job)
+        assert kept.job.data.flip_probability == 0.5 and not any(line.startswith("flips") for line in kept.departures)
+        MirrorCheck(nearest_mean_accuracy=0.9, mirrored_accuracy=0.2, chance=0.1, images=40).save(
+            dst / MIRROR_CHECK_FILE
+        )
+        lost = resolve_job(job)
+        assert lost.job.data.flip_probability == 0.0 and not lost.job.data.test_time_mirrors
+        assert [line for line in lost.departures if line.startswith("flips")] == [
+            "flips: none, and no mirrored patches in the ten-crop test, instead of the paper's random reflections: "
+            "mirroring loses the class in this data (a nearest-class-mean check on 40 training images is right on "
+            "90% of them and on 20% of their mirror images (chance 10%))"
+        ]
+        by_hand = job.model_copy(update={"data": job.data.model_copy(update={"flip_probability": 0.5})})
+        assert resolve_job(by_hand).job.data.flip_probability == 0.5
+        (dst / MIRROR_CHECK_FILE).unlink()  # prepared before the check existed: the paper's flips
+        assert resolve_job(job).job.data.flip_probability == 0.5
+    finally:
+        (dst / MIRROR_CHECK_FILE).write_bytes(saved)

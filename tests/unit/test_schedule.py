@@ -140,3 +140,26 @@ def test_fresh_state_has_infinite_best_and_load_rejects_incomplete_state():
     del state["num_reductions"]
     with pytest.raises(ValueError, match="num_reductions"):
         PlateauSchedule(OptimConfig()).load_state_dict(state)
+
+
+def test_a_run_too_short_for_its_plateaus_ends_at_the_reduced_rates():
+    """Steady improvement never plateaus; with a 12-epoch budget the last three epochs get the three reduced rates."""
+    errors = [0.5 * 0.9**epoch for epoch in range(12)]
+    budgeted = _run(PlateauSchedule(OptimConfig(), epoch_budget=12), errors)
+    assert [lr for lr, _ in budgeted] == pytest.approx([0.01] * 8 + [1e-3, 1e-4, 1e-5, 1e-5])
+    assert not any(stop for _, stop in budgeted)
+    assert [lr for lr, _ in _run(PlateauSchedule(OptimConfig()), errors)] == [0.01] * 12  # the paper's rule alone
+
+
+def test_the_budget_adds_nothing_when_the_plateaus_came_in_time():
+    errors = [0.5, 0.4] + [0.4] * 12
+    cfg = OptimConfig(plateau_patience=1, plateau_min_relative_improvement=0.0)
+    assert _run(PlateauSchedule(cfg, epoch_budget=14), errors) == _run(PlateauSchedule(cfg), errors)
+
+
+def test_a_plateau_in_the_last_epochs_is_not_counted_twice():
+    """Epoch 10 plateaus (patience 1) just as the budget would demand a drop: one division, not two."""
+    errors = [0.5 * 0.9**epoch for epoch in range(9)] + [1.0, 0.01, 0.005]
+    cfg = OptimConfig(plateau_patience=1, plateau_min_relative_improvement=0.0)
+    lrs = [lr for lr, _ in _run(PlateauSchedule(cfg, epoch_budget=12), errors)]
+    assert lrs == pytest.approx([0.01] * 8 + [1e-3, 1e-4, 1e-5, 1e-5])
