@@ -31,32 +31,28 @@ class ResolvedJob:
     departures: list[str] = field(default_factory=list)
 
 
-def _measured_from_folder(job: JobConfig) -> dict[str, dict]:
+def _measured_from_folder(job: JobConfig) -> tuple[dict[str, dict], list[str]]:
+    """The tree's measurements, and why flips are off when its mirror check turned them off."""
     tree = open_prepared_tree(job)  # checks fields set by hand against the tree, naming both values
     mirror = tree.mirror_check
-    return {
+    flips_lose_class = mirror is not None and not mirror.mirroring_keeps_class
+    measured = {
         "model": {"num_classes": len(tree.classes), "pixel_std": tree.stats.centred_pixel_std()},
         "data": {
             "scale_size": tree.stats.scale_size,
-            "flip_probability": PAPER_FLIP_PROBABILITY if mirror is None or mirror.mirroring_keeps_class else 0.0,
+            "flip_probability": 0.0 if flips_lose_class else PAPER_FLIP_PROBABILITY,
         },
     }
+    notes = []
+    if flips_lose_class and job.data.flip_probability is None:
+        notes.append(
+            "flips: none, and no mirrored patches in the ten-crop test, instead of the paper's random reflections: "
+            f"mirroring loses the class in this data ({mirror.describe()})"
+        )
+    return measured, notes
 
 
-def flip_departure(job: JobConfig) -> str | None:
-    """Why flips are off, when the mirror check turned them off (`data.flip_probability` left unset)."""
-    if job.data.flip_probability is not None or job.data.source != "folder":
-        return None
-    mirror = open_prepared_tree(job).mirror_check
-    if mirror is None or mirror.mirroring_keeps_class:
-        return None
-    return (
-        f"flips: none, and no mirrored patches in the ten-crop test, instead of the paper's random reflections: "
-        f"mirroring loses the class in this data ({mirror.describe()})"
-    )
-
-
-def _measured_from_generator(job: JobConfig) -> dict[str, dict]:
+def _measured_from_generator(job: JobConfig) -> tuple[dict[str, dict], list[str]]:
     from alexserve.data.generated import GENERATED_NUM_CLASSES, generate_images, stored_size
 
     scale = stored_size(job)
@@ -71,21 +67,22 @@ def _measured_from_generator(job: JobConfig) -> dict[str, dict]:
     return {
         "model": {"num_classes": num_classes, "pixel_std": float(images.double().std())},
         "data": {"scale_size": scale},
-    }
+    }, []
 
 
-def with_measurements(job: JobConfig) -> JobConfig:
-    """The job with num_classes, scale_size, pixel_std and (prepared trees) flip_probability taken from its data.
+def with_measurements(job: JobConfig) -> tuple[JobConfig, list[str]]:
+    """The job with num_classes, scale_size, pixel_std and (prepared trees) flip_probability taken from its data,
+    and a departure line for each measured choice that is not the paper's.
 
     Fields set by hand are checked, not replaced.
     """
-    measured = _measured_from_folder(job) if job.data.source == "folder" else _measured_from_generator(job)
+    measured, notes = _measured_from_folder(job) if job.data.source == "folder" else _measured_from_generator(job)
     tree = job.model_dump(mode="json")
     for section, values in measured.items():
         for name, value in values.items():
             if name == "pixel_std" or tree[section][name] is None:
                 tree[section][name] = value
-    return JobConfig.model_validate(tree)
+    return JobConfig.model_validate(tree), notes
 
 
 def departures(job: JobConfig) -> list[str]:
@@ -118,6 +115,5 @@ def departures(job: JobConfig) -> list[str]:
 
 
 def resolve_job(job: JobConfig) -> ResolvedJob:
-    resolved = with_measurements(job)
-    flips = flip_departure(job)
-    return ResolvedJob(resolved, departures(resolved) + ([flips] if flips else []))
+    resolved, measured_departures = with_measurements(job)
+    return ResolvedJob(resolved, departures(resolved) + measured_departures)
