@@ -1,5 +1,8 @@
 """`alexserve eval MODEL --data PREPARED`: top-1/top-5 error, centre crop and ten crops.
 
+A model that trained without flips (its data's mirror check turned them off) is
+tested on the five unmirrored crops of the ten, as it was during training.
+
 MODEL is an exported file (`alexserve export`) or a checkpoint (folder or
 checkpoint directory). Runs the grouped model in one process (GPU if present).
 Library: `alexserve.inference.error_rates`.

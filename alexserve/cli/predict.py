@@ -1,9 +1,10 @@
 """`alexserve predict MODEL IMAGE...`: the top-5 classes of raw images, with probabilities.
 
 Runs the paper's test-time path on images of any size: shorter side to the
-training scale, central square, minus the training mean image, ten crops, the
-softmax averaged over them. MODEL is a file written by `alexserve export`; its
-SHA-256 and contents are checked first, and a damaged file exits 2 with one line.
+training scale, central square, minus the training mean image, ten crops (five,
+unmirrored, for a model that trained without flips), the softmax averaged over
+them. MODEL is a file written by `alexserve export`; its SHA-256 and contents
+are checked first, and a damaged file exits 2 with one line.
 An image above --max-image-pixels (read from its header) is refused undecoded.
 Library: `alexserve.inference.predict`.
 """
