@@ -30,3 +30,11 @@ def _logits(images: torch.Tensor) -> torch.Tensor:
 def test_without_mirrors_only_the_five_unmirrored_crops_vote():
     assert evaluate(_logits, _TenCrops(), "ten_crop").top1_error == 1.0
     assert evaluate(_logits, _TenCrops(), "ten_crop", mirrors=False).top1_error == 0.0
+
+
+def test_an_export_says_whether_its_model_is_tested_on_mirrors():
+    from alexserve.inference.saved_model import exported_test_time_mirrors
+
+    assert exported_test_time_mirrors({"test_time_mirrors": False}) is False
+    assert exported_test_time_mirrors({"test_time_mirrors": True}) is True
+    assert exported_test_time_mirrors({}) is True  # exported before the field: it trained on the paper's flips
