@@ -54,7 +54,7 @@ def thumbnail(image: np.ndarray) -> np.ndarray:
 
 @dataclass
 class MirrorAccumulator:
-    """Per-class sums of thumbnails and a per-class sample; partial accumulators from workers merge exactly."""
+    """Per-class sums of thumbnails and a per-class sample; partial accumulators from workers merge in any order."""
 
     sums: dict[str, np.ndarray] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
