@@ -378,9 +378,9 @@ class OptimConfig(StrictModel):
     reductions_within_budget: bool | None = Field(
         None,
         description="When the epochs left in train.num_epochs are no more than the reductions still due, the rate "
-        "is divided after every epoch, so a run too short for its plateaus still ends at the reduced rates rather "
-        "than at the first, noisiest one. None: off at paper size (the paper's plateau rule alone), on below "
-        "(a departure).",
+        "is divided as if on a plateau, once the current rate has run plateau_patience epochs, so a run too short "
+        "for its plateaus still ends at a reduced rate rather than at the first, noisiest one. None: off at paper "
+        "size (the paper's plateau rule alone), on below (a departure).",
     )
 
 

@@ -105,9 +105,9 @@ def departures(job: JobConfig) -> list[str]:
         )
     if job.lr_epoch_budget is not None and job.optim.max_lr_reductions > 0:
         lines.append(
-            f"learning rate: also divided by {job.optim.lr_divisor:g} after each of the last "
-            f"{job.optim.max_lr_reductions} epochs of {job.lr_epoch_budget} that the plateau rule has not reduced, "
-            f"so a short run ends at the reduced rates{why}"
+            f"learning rate: also divided by {job.optim.lr_divisor:g} when no more epochs are left of "
+            f"{job.lr_epoch_budget} than reductions are due ({job.optim.max_lr_reductions} at most), once a rate "
+            f"has run {job.optim.plateau_patience} epochs, so a short run ends at a reduced rate{why}"
         )
     if model.lrn_alpha_convention == "printed":
         lines.append("LRN: the paper's printed alpha (not divided by n), five times stronger than the authors' code")

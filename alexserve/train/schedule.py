@@ -23,11 +23,11 @@ and one that is a hair better must not postpone a due drop forever. So:
   termination after the third reduction's plateau;
 - with an `epoch_budget` (`JobConfig.lr_epoch_budget`, below paper size):
   once the epochs left are no more than the reductions not yet made, an
-  epoch that did not drop the rate on a plateau drops it anyway. The paper
-  ran until its plateaus ended training; a run given fewer epochs than that
-  would otherwise end at its first, noisiest rate. Each remaining rate gets
-  the run's last epochs, one apiece, and nothing changes for a run whose
-  plateaus came in time.
+  epoch that did not drop the rate on a plateau drops it anyway, provided
+  the current rate has run `patience` epochs (never sooner than the plateau
+  rule itself could drop it). The paper ran until its plateaus ended
+  training; a run given fewer epochs than that would otherwise end at its
+  first, noisiest rate. Nothing changes for a run whose plateaus came in time.
 
 `warmup_factor` is the linear warmup that reduced nets start with (see
 `JobConfig.warmup_epochs_used`); it scales this rate within the first epochs.
@@ -41,6 +41,8 @@ from typing import Any
 STATE_VERSION = 1
 
 _STATE_KEYS = ("version", "lr", "best_error", "epochs_since_improvement", "num_reductions", "num_epochs", "should_stop")
+# Added after version 1 was saved: a state without it ran every epoch so far at its current rate.
+_EPOCHS_AT_RATE = "epochs_at_rate"
 
 
 class PlateauSchedule:
@@ -57,6 +59,7 @@ class PlateauSchedule:
         self.epochs_since_improvement = 0
         self.num_reductions = 0
         self.num_epochs = 0
+        self.epochs_at_rate = 0
         self.should_stop = False
 
     def step(self, val_error: float) -> float:
@@ -66,6 +69,7 @@ class PlateauSchedule:
         diverged run drops its rate instead of resetting the patience.
         """
         self.num_epochs += 1
+        self.epochs_at_rate += 1
         improved = val_error < self.best_error * (1.0 - self.min_relative_improvement)
         if val_error < self.best_error:
             self.best_error = float(val_error)
@@ -74,13 +78,11 @@ class PlateauSchedule:
         if self.epochs_since_improvement >= self.patience and not self.should_stop:
             self._plateau()
         if self.num_reductions == reductions_before and self._budget_demands_reduction():
-            self.lr /= self.divisor
-            self.num_reductions += 1
-            self.epochs_since_improvement = 0
+            self._reduce()
         return self.lr
 
     def _budget_demands_reduction(self) -> bool:
-        if self.epoch_budget is None or self.should_stop:
+        if self.epoch_budget is None or self.should_stop or self.epochs_at_rate < self.patience:
             return False
         epochs_left = self.epoch_budget - self.num_epochs
         return 0 < epochs_left <= self.max_reductions - self.num_reductions
@@ -93,9 +95,13 @@ class PlateauSchedule:
         if self.num_reductions >= self.max_reductions:
             self.should_stop = True
             return
+        self._reduce()
+
+    def _reduce(self) -> None:
         self.lr /= self.divisor
         self.num_reductions += 1
         self.epochs_since_improvement = 0
+        self.epochs_at_rate = 0
 
     def state_dict(self) -> dict[str, Any]:
         """Plain numbers only, so it loads with `torch.load(weights_only=True)` and dumps as JSON (inf aside)."""
@@ -107,6 +113,7 @@ class PlateauSchedule:
             "num_reductions": self.num_reductions,
             "num_epochs": self.num_epochs,
             "should_stop": self.should_stop,
+            _EPOCHS_AT_RATE: self.epochs_at_rate,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -122,6 +129,7 @@ class PlateauSchedule:
         self.num_reductions = int(state["num_reductions"])
         self.num_epochs = int(state["num_epochs"])
         self.should_stop = bool(state["should_stop"])
+        self.epochs_at_rate = int(state.get(_EPOCHS_AT_RATE, self.num_epochs))
 
 
 def warmup_steps(warmup_epochs: float, steps_per_epoch: int) -> int:

@@ -9,8 +9,6 @@ import subprocess
 import sys
 import time
 
-import pytest
-
 from helpers.processes import REPO
 
 RUN = dict(cwd=REPO, capture_output=True, text=True)
@@ -95,7 +93,7 @@ def test_real_digits_are_learned_with_the_defaults(tmp_path):
 
     Issue 11 asks for <= 3% top-1 error here; the defaults reach about 3.3% in 12 epochs (README, "Status"). The
     mirror check turns the paper's flips off (a mirrored digit is no digit: 7% with them) and the budget rule ends the
-    run at the reduced rates. The bound leaves room for the noise of 359 validation images (+-1%) and of the float
+    run at a reduced rate. The bound leaves room for the noise of 359 validation images (+-1%) and of the float
     sums' order on another machine, and still fails a run that keeps flipping (7%).
     """
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
@@ -131,7 +129,7 @@ def test_real_digits_are_learned_with_the_defaults(tmp_path):
         env=env,
     )
     assert "departures from the paper" in train.stderr and "learning rate: linear warmup" in train.stderr
-    assert "flips: none" in train.stderr and "last 3 epochs of 12" in train.stderr
+    assert "flips: none" in train.stderr and "when no more epochs are left of 12" in train.stderr
     history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
     final = history[-1]
     print(
@@ -139,5 +137,5 @@ def test_real_digits_are_learned_with_the_defaults(tmp_path):
         f"best {min(h['val_top1_error'] for h in history):.3f}"
     )
     assert final["val_top1_error_10crop"] <= 0.05 and final["val_top1_error"] <= 0.05
-    assert final["lr"] == pytest.approx(1e-5)  # the last epoch ran at the third reduced rate
+    assert final["lr"] <= 1e-3 * (1 + 1e-9)  # the run ended at a reduced rate
     assert not final["near_chance"]

@@ -40,7 +40,7 @@ def test_below_paper_size_every_departure_is_taken_and_named(width, input_size):
     assert job.lr_epoch_budget == job.train.num_epochs
     lines = departures(job)
     assert [line.split(":")[0] for line in lines] == ["init", "biases", "input", "learning rate", "learning rate"]
-    assert "last 3 epochs of 90" in lines[4]
+    assert "when no more epochs are left of 90 than reductions are due" in lines[4]
     assert all(f"width {width:g}, input {input_size}" in line for line in lines)
 
 

@@ -142,13 +142,34 @@ def test_fresh_state_has_infinite_best_and_load_rejects_incomplete_state():
         PlateauSchedule(OptimConfig()).load_state_dict(state)
 
 
-def test_a_run_too_short_for_its_plateaus_ends_at_the_reduced_rates():
-    """Steady improvement never plateaus; with a 12-epoch budget the last three epochs get the three reduced rates."""
+def test_a_run_too_short_for_its_plateaus_ends_at_a_reduced_rate():
+    """Steady improvement never plateaus. With 12 epochs the rate drops once three epochs are left, and not again:
+    the reduced rate has not yet run a patience (3 epochs) when the later reductions would be due."""
     errors = [0.5 * 0.9**epoch for epoch in range(12)]
     budgeted = _run(PlateauSchedule(OptimConfig(), epoch_budget=12), errors)
-    assert [lr for lr, _ in budgeted] == pytest.approx([0.01] * 8 + [1e-3, 1e-4, 1e-5, 1e-5])
+    assert [lr for lr, _ in budgeted] == pytest.approx([0.01] * 8 + [1e-3] * 4)
     assert not any(stop for _, stop in budgeted)
     assert [lr for lr, _ in _run(PlateauSchedule(OptimConfig()), errors)] == [0.01] * 12  # the paper's rule alone
+
+
+def test_the_budget_never_drops_sooner_than_a_plateau_could():
+    """A 4-epoch run (the demo) keeps its first rate for a patience of 3 epochs, then ends one epoch lower;
+    with patience 1 the three reductions fill the last three epochs."""
+    errors = [0.5 * 0.9**epoch for epoch in range(4)]
+    assert [lr for lr, _ in _run(PlateauSchedule(OptimConfig(), epoch_budget=4), errors)] == pytest.approx(
+        [0.01, 0.01, 1e-3, 1e-3]
+    )
+    eager = PlateauSchedule(OptimConfig(plateau_patience=1), epoch_budget=4)
+    assert [lr for lr, _ in _run(eager, errors)] == pytest.approx([1e-3, 1e-4, 1e-5, 1e-5])
+
+
+def test_a_state_saved_before_epochs_at_rate_existed_still_loads():
+    first = PlateauSchedule(OptimConfig(), epoch_budget=12)
+    _run(first, [0.5, 0.4, 0.3])
+    old = {key: value for key, value in first.state_dict().items() if key != "epochs_at_rate"}
+    resumed = PlateauSchedule(OptimConfig(), epoch_budget=12)
+    resumed.load_state_dict(old)
+    assert resumed.epochs_at_rate == 3
 
 
 def test_the_budget_adds_nothing_when_the_plateaus_came_in_time():
@@ -158,8 +179,8 @@ def test_the_budget_adds_nothing_when_the_plateaus_came_in_time():
 
 
 def test_a_plateau_in_the_last_epochs_is_not_counted_twice():
-    """Epoch 10 plateaus (patience 1) just as the budget would demand a drop: one division, not two."""
-    errors = [0.5 * 0.9**epoch for epoch in range(9)] + [1.0, 0.01, 0.005]
+    """Epoch 9 plateaus (patience 1) just as the budget demands a drop: one division, not two."""
+    errors = [0.5 * 0.9**epoch for epoch in range(8)] + [1.0, 0.01, 0.005, 0.001]
     cfg = OptimConfig(plateau_patience=1, plateau_min_relative_improvement=0.0)
     lrs = [lr for lr, _ in _run(PlateauSchedule(cfg, epoch_budget=12), errors)]
     assert lrs == pytest.approx([0.01] * 8 + [1e-3, 1e-4, 1e-5, 1e-5])
