@@ -121,11 +121,21 @@ class TrainPlan:
         return [params.slice(k * b, (k + 1) * b) for k in range(start_step, self.steps_per_epoch)]
 
 
+# Of the ten test-time patches, the first five are the unreflected ones (ten_crop_offsets' order).
+UNMIRRORED_CROPS = 5
+
+
 def ten_crop_offsets(scale: int, size: int) -> list[tuple[int, int, bool]]:
     """(x, y, flip) of the paper's test-time patches: 4 corners and the centre, then the same 5 reflected."""
     far, mid = scale - size, (scale - size) // 2
     five = [(0, 0), (far, 0), (0, far), (far, far), (mid, mid)]
     return [(x, y, False) for x, y in five] + [(x, y, True) for x, y in five]
+
+
+def tested_patches(ten_crops, mirrors: bool):
+    """[B, 10, ...] ten-crop patches -> those a net is tested on: all ten, or without `mirrors` (a net that
+    trained without flips) the five unreflected ones."""
+    return ten_crops if mirrors else ten_crops[:, :UNMIRRORED_CROPS]
 
 
 def center_offset(scale: int, size: int) -> int:

@@ -14,11 +14,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from alexserve.data.augment import tested_patches
 from alexserve.data.imageops import DEFAULT_MAX_IMAGE_PIXELS
 from alexserve.data.raw_images import load_ten_crops
 from alexserve.inference.saved_model import exported_test_time_mirrors
 from alexserve.model.exported import ExportError, load_exported
-from alexserve.train.evaluation import UNMIRRORED_CROPS
 
 
 @dataclass(frozen=True)
@@ -41,8 +41,7 @@ def predict(
     Without `mirrors` (a model trained without flips) the five mirrored crops are left out.
     """
     crops = load_ten_crops(paths, mean_image, model.cfg.input_size, max_pixels)
-    if not mirrors:
-        crops = crops[:, :UNMIRRORED_CROPS]
+    crops = tested_patches(crops, mirrors)
     with torch.no_grad():
         n, per_image = crops.shape[:2]
         probs = model(crops.flatten(0, 1)).softmax(dim=1).view(n, per_image, -1).mean(dim=1)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from alexserve.data.augment import tested_patches
 from alexserve.data.source import EvalMode, EvalSource
 from alexserve.parallel.exchange import peers_required
 from alexserve.parallel.topology import Topology
@@ -27,10 +28,6 @@ class EvalResult:
     top1_error: float
     top5_error: float
     images: int
-
-
-# The eval sources' ten crops are the four corners and the centre, then the same five mirrored.
-UNMIRRORED_CROPS = 5
 
 
 def _unchanged(counts: torch.Tensor) -> torch.Tensor:
@@ -57,8 +54,7 @@ def evaluate(
     top1 = top5 = seen = 0
     for images, labels in source.batches(mode):
         if mode == "ten_crop":
-            if not mirrors:
-                images = images[:, :UNMIRRORED_CROPS]
+            images = tested_patches(images, mirrors)
             batch, crops = images.shape[:2]
             probs = logits_of(images.flatten(0, 1)).float().softmax(dim=1).view(batch, crops, -1).mean(dim=1)
         else:
