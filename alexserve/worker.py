@@ -110,17 +110,19 @@ def resume_requested(args: argparse.Namespace) -> bool:
     return args.resume or int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
 
 
-def announce_departures(departures: list[str]) -> None:
+def announce_departures(departures: list[str], notices: list[str]) -> None:
     if departures:
         lines = "\n".join(f"  - {line}" for line in departures)
         print(f'departures from the paper for this job (README, "Departures"):\n{lines}', file=sys.stderr, flush=True)
+    for line in notices:
+        print(f"note: {line}", file=sys.stderr, flush=True)
 
 
 def run(job: JobConfig, topology: Topology, resume: bool, supervised: Supervision) -> int:
     resolved = resolve_job(job)
     job = resolved.job
     if topology.is_primary:
-        announce_departures(resolved.departures)
+        announce_departures(resolved.departures, resolved.notices)
     # Two ranks share the machine's cores; oversubscribing them makes both slower.
     if topology.device.type == "cpu":
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", topology.world_size))

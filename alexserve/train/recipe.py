@@ -3,6 +3,7 @@
     resolved = resolve_job(job)
     resolved.job          # num_classes, scale_size, pixel_std and flips measured from the data
     resolved.departures   # one line per choice that is not the paper's, printed once at start
+    resolved.notices      # what the user should know about the data that chose them (an old tree...)
 
 At paper size (width 1.0 on 224-pixel or larger inputs) every 'auto' field is
 the paper's choice. Below it, a narrow net on raw pixels with the paper's
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 
 from alexserve.config import PAPER_BIAS_ONE_LAYERS, PAPER_FLIP_PROBABILITY, JobConfig
 from alexserve.data.factory import open_prepared_tree
+from alexserve.data.mirror_check import MIRROR_CHECK_FILE
 
 # Generated images measured for their pixel std: enough for a stable figure, quick to make.
 GENERATED_STD_SAMPLE = 64
@@ -29,10 +31,19 @@ GENERATED_STD_SAMPLE = 64
 class ResolvedJob:
     job: JobConfig
     departures: list[str] = field(default_factory=list)
+    notices: list[str] = field(default_factory=list)
 
 
-def _measured_from_folder(job: JobConfig) -> tuple[dict[str, dict], list[str]]:
-    """The tree's measurements, and why flips are off when its mirror check turned them off."""
+@dataclass(frozen=True)
+class Measured:
+    values: dict[str, dict]  # section -> field -> value taken from the data
+    departures: list[str] = field(default_factory=list)
+    notices: list[str] = field(default_factory=list)
+
+
+def _measured_from_folder(job: JobConfig) -> Measured:
+    """The tree's measurements, why flips are off when its mirror check turned them off, and a notice when the
+    tree is too old to have been checked."""
     tree = open_prepared_tree(job)  # checks fields set by hand against the tree, naming both values
     mirror = tree.mirror_check
     flips_lose_class = mirror is not None and not mirror.mirroring_keeps_class
@@ -49,10 +60,17 @@ def _measured_from_folder(job: JobConfig) -> tuple[dict[str, dict], list[str]]:
             "flips: none, and no mirrored patches in the ten-crop test, instead of the paper's random reflections: "
             f"mirroring loses the class in this data ({mirror.describe()})"
         )
-    return measured, notes
+    notices = []
+    if mirror is None and job.data.flip_probability is None:
+        notices.append(
+            f"flips: the paper's random reflections, unchecked: {tree.train_dir.parent} was prepared before "
+            f"`alexserve prepare` checked whether mirroring keeps the class (no {MIRROR_CHECK_FILE}); prepare it "
+            "again to have that checked, or set data.flip_probability"
+        )
+    return Measured(measured, notes, notices)
 
 
-def _measured_from_generator(job: JobConfig) -> tuple[dict[str, dict], list[str]]:
+def _measured_from_generator(job: JobConfig) -> Measured:
     from alexserve.data.generated import GENERATED_NUM_CLASSES, generate_images, stored_size
 
     scale = stored_size(job)
@@ -64,25 +82,27 @@ def _measured_from_generator(job: JobConfig) -> tuple[dict[str, dict], list[str]
         }
     )
     images, _ = generate_images(sized, GENERATED_STD_SAMPLE, split_seed=1)
-    return {
-        "model": {"num_classes": num_classes, "pixel_std": float(images.double().std())},
-        "data": {"scale_size": scale},
-    }, []
+    return Measured(
+        {
+            "model": {"num_classes": num_classes, "pixel_std": float(images.double().std())},
+            "data": {"scale_size": scale},
+        }
+    )
 
 
-def with_measurements(job: JobConfig) -> tuple[JobConfig, list[str]]:
+def with_measurements(job: JobConfig) -> tuple[JobConfig, Measured]:
     """The job with num_classes, scale_size, pixel_std and (prepared trees) flip_probability taken from its data,
-    and a departure line for each measured choice that is not the paper's.
+    and what was measured, with a departure line for each measured choice that is not the paper's.
 
     Fields set by hand are checked, not replaced.
     """
-    measured, notes = _measured_from_folder(job) if job.data.source == "folder" else _measured_from_generator(job)
+    measured = _measured_from_folder(job) if job.data.source == "folder" else _measured_from_generator(job)
     tree = job.model_dump(mode="json")
-    for section, values in measured.items():
+    for section, values in measured.values.items():
         for name, value in values.items():
             if name == "pixel_std" or tree[section][name] is None:
                 tree[section][name] = value
-    return JobConfig.model_validate(tree), notes
+    return JobConfig.model_validate(tree), measured
 
 
 def departures(job: JobConfig) -> list[str]:
@@ -115,5 +135,5 @@ def departures(job: JobConfig) -> list[str]:
 
 
 def resolve_job(job: JobConfig) -> ResolvedJob:
-    resolved, measured_departures = with_measurements(job)
-    return ResolvedJob(resolved, departures(resolved) + measured_departures)
+    resolved, measured = with_measurements(job)
+    return ResolvedJob(resolved, departures(resolved) + measured.departures, measured.notices)

@@ -320,3 +320,21 @@ def test_a_non_finite_value_is_never_written_into_checkpoint_json(tmp_path):
         store.write_shard(4, name, tower_payload(4, tower))
     with pytest.raises(CheckpointError, match="config.json: refusing to write a value that is not finite"):
         store.commit(4, shared_payload(4), {"optim": {"learning_rate": float("nan")}})
+
+
+def test_a_resume_names_fields_newer_than_the_checkpoint_and_what_they_do():
+    """A run saved before a field existed resumes under the field's default; the notice says so, not '<absent>'."""
+    from alexserve.checkpoint.run_checkpointer import RunCheckpointer
+    from alexserve.config import JobConfig
+    from alexserve.train.schedule import PlateauSchedule
+
+    job = JobConfig(model=ModelConfig(num_classes=10, width=0.25, input_size=64, pixel_std=50.0))
+    saved = job.model_dump(mode="json")
+    del saved["optim"]["reductions_within_budget"]
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=job.optim.learning_rate)
+    checkpointer = RunCheckpointer(job, topology=None, store=None)
+    notices = checkpointer._apply_changes(saved, optimizer, PlateauSchedule(job.optim, job.lr_epoch_budget))
+    assert notices == [
+        "optim.reductions_within_budget: not in the checkpoint (written before alexserve had this field), None now "
+        "(None is auto: below paper size the rate also drops when no more epochs are left than reductions are due)"
+    ]

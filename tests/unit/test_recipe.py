@@ -164,7 +164,15 @@ def test_flips_follow_the_trees_mirror_check_unless_set_by_hand():
         ]
         by_hand = job.model_copy(update={"data": job.data.model_copy(update={"flip_probability": 0.5})})
         assert resolve_job(by_hand).job.data.flip_probability == 0.5
-        (dst / MIRROR_CHECK_FILE).unlink()  # prepared before the check existed: the paper's flips
-        assert resolve_job(job).job.data.flip_probability == 0.5
+        assert kept.notices == lost.notices == []
+        (dst / MIRROR_CHECK_FILE).unlink()  # prepared before the check existed: the paper's flips, and a notice
+        old_tree = resolve_job(job)
+        assert old_tree.job.data.flip_probability == 0.5
+        assert old_tree.notices == [
+            f"flips: the paper's random reflections, unchecked: {dst} was prepared before `alexserve prepare` "
+            f"checked whether mirroring keeps the class (no {MIRROR_CHECK_FILE}); prepare it again to have that "
+            "checked, or set data.flip_probability"
+        ]
+        assert resolve_job(by_hand).notices == []
     finally:
         (dst / MIRROR_CHECK_FILE).write_bytes(saved)
