@@ -72,7 +72,7 @@ _APPLIED_NOTES = {
     "model.init_bias_one_layers": "initialisation only: no effect on restored weights",
     "train.seed": "the rest of the run draws other data orders, crops and dropout masks",
     "train.batch_size": "a mid-epoch position continues with the same number of images seen",
-    "optim.reductions_within_budget": "None is auto: below paper size the rate also drops when no more epochs are "
+    "optim.reductions_within_budget": "None means auto: below paper size the rate also drops when no more epochs are "
     "left than reductions are due",
 }
 
@@ -201,8 +201,9 @@ class RunCheckpointer:
             old, new = saved.get(field, "<absent>"), running.get(field, "<absent>")
             if old == new:
                 continue
-            notice = f"{field}: {old!r} in the checkpoint, {new!r} now"
-            if field not in saved:
+            if field in saved:
+                notice = f"{field}: {old!r} in the checkpoint, {new!r} now"
+            else:
                 notice = f"{field}: not in the checkpoint (written before alexserve had this field), {new!r} now"
             if field == "optim.learning_rate":
                 reached = schedule.lr

@@ -3,7 +3,7 @@
     resolved = resolve_job(job)
     resolved.job          # num_classes, scale_size, pixel_std and flips measured from the data
     resolved.departures   # one line per choice that is not the paper's, printed once at start
-    resolved.notices      # what the user should know about the data that chose them (an old tree...)
+    resolved.notices      # what the user should know of the data behind them (a tree too old to be checked...)
 
 At paper size (width 1.0 on 224-pixel or larger inputs) every 'auto' field is
 the paper's choice. Below it, a narrow net on raw pixels with the paper's

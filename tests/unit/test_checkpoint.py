@@ -336,5 +336,5 @@ def test_a_resume_names_fields_newer_than_the_checkpoint_and_what_they_do():
     notices = checkpointer._apply_changes(saved, optimizer, PlateauSchedule(job.optim, job.lr_epoch_budget))
     assert notices == [
         "optim.reductions_within_budget: not in the checkpoint (written before alexserve had this field), None now "
-        "(None is auto: below paper size the rate also drops when no more epochs are left than reductions are due)"
+        "(None means auto: below paper size the rate also drops when no more epochs are left than reductions are due)"
     ]
