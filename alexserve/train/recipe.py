@@ -54,9 +54,9 @@ def _measured_from_folder(job: JobConfig) -> Measured:
             "flip_probability": 0.0 if flips_lose_class else PAPER_FLIP_PROBABILITY,
         },
     }
-    notes = []
+    departure_lines = []
     if flips_lose_class and job.data.flip_probability is None:
-        notes.append(
+        departure_lines.append(
             "flips: none, and no mirrored patches in the ten-crop test, instead of the paper's random reflections: "
             f"mirroring loses the class in this data ({mirror.describe()})"
         )
@@ -67,7 +67,7 @@ def _measured_from_folder(job: JobConfig) -> Measured:
             f"`alexserve prepare` checked whether mirroring keeps the class (no {MIRROR_CHECK_FILE}); prepare it "
             "again to have that checked, or set data.flip_probability"
         )
-    return Measured(measured, notes, notices)
+    return Measured(measured, departure_lines, notices)
 
 
 def _measured_from_generator(job: JobConfig) -> Measured:
