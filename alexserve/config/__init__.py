@@ -41,9 +41,11 @@ from alexserve.config.loading import (
 from alexserve.config.model import ModelConfig, conv_output_size
 from alexserve.config.optim import OptimConfig
 from alexserve.config.paper import (
+    IMAGENET_CENTRED_PIXEL_STD,
     PAPER_BIAS_ONE_LAYERS,
     PAPER_FLIP_PROBABILITY,
     PAPER_INPUT_SIZE,
+    PAPER_NUM_CLASSES,
     PAPER_SCALE_SIZE,
     REDUCED_NET_WARMUP_EPOCHS,
     paper_scale_size,
@@ -52,6 +54,7 @@ from alexserve.config.strict_model import ConfigError, StrictModel
 from alexserve.config.train import TrainConfig
 
 __all__ = [
+    "IMAGENET_CENTRED_PIXEL_STD",
     "MAX_BATCH_SIZE",
     "MAX_CHANNELS",
     "MAX_CLASSES",
@@ -64,6 +67,7 @@ __all__ = [
     "PAPER_BIAS_ONE_LAYERS",
     "PAPER_FLIP_PROBABILITY",
     "PAPER_INPUT_SIZE",
+    "PAPER_NUM_CLASSES",
     "PAPER_SCALE_SIZE",
     "REDUCED_NET_WARMUP_EPOCHS",
     "ChannelCount",

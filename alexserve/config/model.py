@@ -15,7 +15,12 @@ from alexserve.config.limits import (
     ChannelCount,
     KernelSide,
 )
-from alexserve.config.paper import PAPER_BIAS_ONE_LAYERS, PAPER_INPUT_SIZE
+from alexserve.config.paper import (
+    IMAGENET_CENTRED_PIXEL_STD,
+    PAPER_BIAS_ONE_LAYERS,
+    PAPER_INPUT_SIZE,
+    PAPER_NUM_CLASSES,
+)
 from alexserve.config.strict_model import StrictModel
 
 
@@ -30,8 +35,9 @@ class ModelConfig(StrictModel):
         None,
         ge=2,
         le=MAX_CLASSES,
-        description="Classes of the softmax (fc8 outputs, split across the towers); None: the prepared "
-        f"tree's classes.json (generated data: 10). At most {MAX_CLASSES:,} (ImageNet-21k has 21,841).",
+        description="Classes of the softmax (fc8 outputs, split across the towers); None: a job takes the prepared "
+        f"tree's classes.json (generated data: 10), and a net built from the bare config has the paper's "
+        f"{PAPER_NUM_CLASSES}. At most {MAX_CLASSES:,} (ImageNet-21k has 21,841).",
     )
     width: float = Field(
         1.0, gt=0.0, le=4.0, description="Multiplier on every layer's kernel and neuron count; 1.0 is the paper."
@@ -106,8 +112,9 @@ class ModelConfig(StrictModel):
         None,
         gt=0.0,
         le=255.0,
-        description="Std of the centred training pixels (0..255 units), measured from the data at "
-        "start; not set by hand.",
+        description="Std of the centred training pixels (0..255 units), measured from the data when a job "
+        "starts; not set by hand. None (a net built without its data): ImageNet's, about "
+        f"{IMAGENET_CENTRED_PIXEL_STD:g}.",
     )
 
     @property
@@ -138,19 +145,20 @@ class ModelConfig(StrictModel):
         """What the centred pixels are divided by before conv1 (1.0: raw pixels)."""
         if self.input_scaling_used == "raw":
             return 1.0
-        if self.pixel_std is None:
-            raise ValueError(
-                "model.pixel_std is not measured yet: resolve the job against its data first (alexserve.train.recipe)"
-            )
-        return self.pixel_std
+        return self.pixel_std_used
+
+    @property
+    def pixel_std_used(self) -> float:
+        """The measured pixel std; before any measurement (a net built without data), ImageNet's."""
+        return IMAGENET_CENTRED_PIXEL_STD if self.pixel_std is None else self.pixel_std
 
     @property
     def classes(self) -> int:
-        if self.num_classes is None:
-            raise ValueError(
-                "model.num_classes is not set: resolve the job against its data first (alexserve.train.recipe)"
-            )
-        return self.num_classes
+        """fc8's outputs: the data's (set by hand or by resolving a job, train/recipe.py), else the paper's 1000.
+
+        A job never reaches the fallback: resolving it fills num_classes from its data first.
+        """
+        return PAPER_NUM_CLASSES if self.num_classes is None else self.num_classes
 
     @property
     def conv_channels(self) -> tuple[int, ...]:

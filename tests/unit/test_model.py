@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from alexserve.config import ConfigError, ModelConfig, build_config
+from alexserve.config import IMAGENET_CENTRED_PIXEL_STD, ConfigError, ModelConfig, build_config
 from alexserve.model import AlexNetGrouped, AlexNetTower, join_tower_states, split_grouped_state
 from alexserve.model.lrn import PaperLRN
 from helpers.tensors import context
@@ -21,6 +21,27 @@ def test_parameter_count_is_the_papers():
     cfg = ModelConfig(num_classes=1000)
     assert count(AlexNetTower(cfg, 0)) + count(AlexNetTower(cfg, 1)) == PAPER_PARAMETERS
     assert count(AlexNetGrouped(cfg)) == PAPER_PARAMETERS
+
+
+def test_the_bare_defaults_build_the_papers_1000_class_net():
+    """For inspecting the net, loading weights or one's own loop: no data tree, no job to resolve."""
+    cfg = ModelConfig()
+    model = AlexNetGrouped(cfg)
+    assert count(model) == PAPER_PARAMETERS
+    assert model.fc8.out_features == 1000 and model.input_divisor == 1.0  # raw pixels, as in the paper
+    assert count(AlexNetTower(cfg, 0)) + count(AlexNetTower(cfg, 1)) == PAPER_PARAMETERS
+
+
+@pytest.mark.parametrize("num_classes, outputs", [(10, 10), (None, 1000)])
+def test_a_reduced_net_builds_and_runs_without_data(num_classes, outputs):
+    """Below paper size the input is divided by the pixel std: unmeasured, ImageNet's."""
+    cfg = ModelConfig(width=0.25, input_size=64, num_classes=num_classes)
+    assert cfg.input_scaling_used == "unit" and cfg.input_divisor == IMAGENET_CENTRED_PIXEL_STD
+    model = AlexNetGrouped.from_seed(cfg, 0).eval()
+    images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * IMAGENET_CENTRED_PIXEL_STD
+    with torch.no_grad():
+        logits = model(images)
+    assert logits.shape == (2, outputs) and bool(torch.isfinite(logits).all())
 
 
 @pytest.mark.parametrize("input_size,padding", [(224, 2), (227, 0)])

@@ -10,7 +10,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from alexserve.config import PAPER_BIAS_ONE_LAYERS, DataConfig, JobConfig, ModelConfig, TrainConfig, demo_config
+from alexserve.config import (
+    IMAGENET_CENTRED_PIXEL_STD,
+    PAPER_BIAS_ONE_LAYERS,
+    PAPER_NUM_CLASSES,
+    DataConfig,
+    JobConfig,
+    ModelConfig,
+    TrainConfig,
+    build_config,
+    demo_config,
+)
 from alexserve.data.mirror_check import MIRROR_CHECK_FILE, MirrorCheck
 from alexserve.data.prepared_tree import DatasetError
 from alexserve.data.stats import StatsAccumulator
@@ -136,11 +146,19 @@ def test_the_demo_sets_only_what_a_user_sets():
     assert set(demo.train.model_dump(exclude_defaults=True)) <= user_fields
 
 
-def test_an_unresolved_job_says_so_when_a_model_is_built():
-    with pytest.raises(ValueError, match="pixel_std is not measured yet"):
-        AlexNetGrouped(ModelConfig(num_classes=10, width=0.25, input_size=64))
-    with pytest.raises(ValueError, match="num_classes is not set"):
-        AlexNetGrouped(ModelConfig())
+def test_a_job_left_unset_takes_its_data_not_the_bare_nets_defaults():
+    """A bare ModelConfig builds the paper's 1000-class net (test_model.py), but a job leaves num_classes and
+    pixel_std to its data: unset means None, which survives the JSON the supervisor hands the worker."""
+    _, dst, _ = tiny_prepared_tree()
+    job = JobConfig(data=DataConfig(source="folder", train_dir=dst / "train"))
+    assert (job.model.num_classes, job.model.classes) == (None, PAPER_NUM_CLASSES)
+    for form in (job, build_config(job.model_dump(mode="json"))):  # as written, and after the supervisor's round trip
+        resolved = resolve_job(form).job
+        assert resolved.model.num_classes == NUM_CLASSES != PAPER_NUM_CLASSES
+        assert resolved.model.pixel_std != IMAGENET_CENTRED_PIXEL_STD
+        assert AlexNetGrouped(resolved.model).fc8.out_features == NUM_CLASSES
+    reduced = resolve_job(job.model_copy(update={"model": ModelConfig(width=0.25, input_size=64)})).job
+    assert reduced.model.input_divisor == reduced.model.pixel_std != IMAGENET_CENTRED_PIXEL_STD
     assert TrainConfig().batch_size == 128  # the paper's
 
 
