@@ -27,7 +27,7 @@ import math
 import os
 import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.distributed as dist
@@ -42,9 +42,24 @@ from alexserve.config import JobConfig
 from alexserve.contract.names import ENV_JOB_ID, ENV_RUN_ID
 from alexserve.parallel.exchange import peers_required
 from alexserve.parallel.topology import Topology
-from alexserve.train.schedule import PlateauSchedule
 
 SHARD_NAMES = ("tower0", "tower1")
+
+
+class ResumableSchedule(Protocol):
+    """What a checkpoint needs of the learning-rate schedule (train/schedule.py's `PlateauSchedule` is one).
+
+    A protocol rather than an import: the checkpoint layer sits below training and must not reach up into it.
+    """
+
+    lr: float  # the rate reached; a resume with a changed optim.learning_rate replaces it
+    num_reductions: int
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
 # Model fields that change parameter shapes or meaning; anything else (width of a log line...) may differ on resume.
 MODEL_FIELDS_THAT_MUST_MATCH = (
     "num_classes",
@@ -104,7 +119,7 @@ class RunCheckpointer:
         self.job, self.topology, self.store = job, topology, store
 
     def save(
-        self, tower: torch.nn.Module, optimizer: torch.optim.Optimizer, schedule: PlateauSchedule, position: Position
+        self, tower: torch.nn.Module, optimizer: torch.optim.Optimizer, schedule: ResumableSchedule, position: Position
     ) -> CheckpointRef | None:
         """Collective: every rank calls it at the same step. Returns the committed ref on rank 0."""
         step = position.global_step
@@ -135,7 +150,7 @@ class RunCheckpointer:
         return None
 
     def restore(
-        self, tower: torch.nn.Module, optimizer: torch.optim.Optimizer, schedule: PlateauSchedule
+        self, tower: torch.nn.Module, optimizer: torch.optim.Optimizer, schedule: ResumableSchedule
     ) -> Position | None:
         """Collective: loads the checkpoint rank 0 chose into every rank; None when there is none."""
         chosen = torch.tensor([-1], dtype=torch.int64, device=self.topology.device)
@@ -183,7 +198,7 @@ class RunCheckpointer:
         return self._position_for_this_layout(shared, saved_job)
 
     def _apply_changes(
-        self, saved_job: dict[str, Any], optimizer: torch.optim.Optimizer, schedule: PlateauSchedule
+        self, saved_job: dict[str, Any], optimizer: torch.optim.Optimizer, schedule: ResumableSchedule
     ) -> list[str]:
         """Applies the running config over the restored state; one notice per field that differs from the saved job.
 

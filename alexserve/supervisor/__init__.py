@@ -1,4 +1,4 @@
-"""Job control and metrics: the service users talk to (its commands: alexserve/cli/supervisor.py and job.py).
+"""Job control and metrics: the service users talk to (its commands: `alexserve supervisor` and `alexserve job`).
 
     service          the one-thread poll loop: control socket, worker channels, lifecycle tick; /metrics
     verbs            one handler per control verb (submit, list, status, pause, resume, stop, ...)
@@ -6,6 +6,7 @@
     channels         the worker channels: reports in (PULL), commands to each job's rank 0 (ROUTER)
     states           the job state machine as data, and `transition`, the only state setter
     jobs             job records and their atomic persistence (durable.write_through)
+    command_line     `alexserve supervisor` / `python -m alexserve.supervisor`: flags, start, signals
     options          ServerOptions: what `alexserve supervisor`'s flags become
     control_messages control requests and replies (client <-> supervisor), the one list of verbs
     client           `Client`: the REQ end of the control socket

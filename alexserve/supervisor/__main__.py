@@ -2,7 +2,7 @@
 
 import sys
 
-from alexserve.cli.supervisor import main
+from alexserve.supervisor.command_line import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,4 +1,4 @@
-"""How one supervisor runs: what `alexserve supervisor`'s flags become (alexserve/cli/supervisor.py)."""
+"""How one supervisor runs: what `alexserve supervisor`'s flags become (supervisor/command_line.py)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,9 @@
 """Dependencies flow one way: cli -> supervisor -> (launches) worker -> train -> {model, parallel, data, checkpoint}.
 
-The training side never imports the service, the service never imports torch,
-and `contract/` (what both sides agree on) imports neither. Checked on the
+The training side never imports the service, the service never imports torch
+nor the shell (cli), the layers below training never reach up into it (what a
+checkpoint saves of the schedule is handed down), and `contract/` (what both
+sides agree on) imports neither side. Checked on the
 source (every import statement, including those inside functions) and, for
 torch, on what a fresh interpreter really loads.
 """
@@ -36,13 +38,21 @@ def python_files(part: str) -> list[Path]:
 
 
 def imported_modules(path: Path) -> list[tuple[int, str]]:
-    """(line, module) for every import in the file, wherever it sits (top level or inside a function)."""
+    """(line, module) for every import in the file, wherever it sits (top level or inside a function); relative
+    imports are made absolute, so `from ..train import schedule` counts as alexserve.train.schedule."""
+    package = list(path.relative_to(PACKAGE.parent).with_suffix("").parts[:-1])
     found = []
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
             found += [(node.lineno, alias.name) for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
             found.append((node.lineno, node.module))
+        elif isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - (node.level - 1)]
+            if node.module:
+                found.append((node.lineno, ".".join([*base, node.module])))
+            else:
+                found += [(node.lineno, ".".join([*base, alias.name])) for alias in node.names]
     return found
 
 
@@ -58,6 +68,33 @@ def imports_of(parts: list[str], banned: tuple[str, ...]) -> list[str]:
 
 def test_the_training_side_never_imports_the_service_or_the_commands():
     assert imports_of(TRAINING_SIDE, SERVICE_AND_COMMANDS) == []
+
+
+@pytest.mark.parametrize("layer", ["checkpoint", "model", "parallel", "data"])
+def test_the_layers_below_training_never_reach_up_into_it(layer):
+    """checkpoint -> train was the arrow that crept in: the schedule's state now comes down as a protocol."""
+    assert imports_of([layer], ("alexserve.train", "alexserve.worker")) == []
+
+
+def test_the_service_never_imports_the_shell():
+    """`python -m alexserve.supervisor` runs the service's own command line, not cli's."""
+    assert imports_of(["supervisor"], ("alexserve.cli",)) == []
+
+
+def test_the_import_scan_sees_relative_and_nested_imports(tmp_path, monkeypatch):
+    """The checks above can fail: an import written any of these ways is found."""
+    fake = tmp_path / "alexserve"
+    (fake / "checkpoint").mkdir(parents=True)
+    (fake / "checkpoint" / "sneaky.py").write_text(
+        "from ..train import schedule\nfrom ..train.schedule import PlateauSchedule\n"
+        "def later():\n    import alexserve.train.loop\n"
+    )
+    monkeypatch.setattr(sys.modules[__name__], "PACKAGE", fake)
+    assert [line.split(" imports ")[1] for line in imports_of(["checkpoint"], ("alexserve.train",))] == [
+        "alexserve.train",
+        "alexserve.train.schedule",
+        "alexserve.train.loop",
+    ]
 
 
 def test_the_contract_and_the_checkpoint_naming_rule_never_import_torch_or_either_side():
