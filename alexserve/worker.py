@@ -8,7 +8,9 @@
 Rank r runs tower r % 2 of pair r // 2 and exchanges activations with rank r ^ 1.
 Exit codes: 0 done (or stopped on request, after a checkpoint), 2 bad config, data,
 checkpoint or launch environment, 3 peer lost, 4 training diverged (a non-finite or
-runaway loss: stopped at that step, no checkpoint after it), 1 anything else.
+runaway loss: stopped at that step, no checkpoint after it), 75 preempted (SIGTERM or
+SIGUSR1, `dist.preempt_signals`: checkpointed at the next command boundary; resume it),
+1 anything else.
 
 `--resume` (implied when torchrun restarts the group) continues from the newest
 complete checkpoint in `train.checkpoint_dir` (default `run_dir/checkpoints`).
@@ -52,6 +54,7 @@ from alexserve.train.history import History, HistoryError
 from alexserve.train.loop import Learner, TowerTrainer, TrainerIO
 from alexserve.train.optimizer import PaperSGD
 from alexserve.train.precision import Precision, configure_device_math
+from alexserve.train.preemption import PreemptionFlag
 from alexserve.train.recipe import resolve_job
 from alexserve.train.schedule import PlateauSchedule
 
@@ -81,6 +84,7 @@ class Supervision:
 
     telemetry: TelemetrySink = field(default_factory=NullTelemetry)
     commands: CommandSource = field(default_factory=NoCommands)
+    preemption: PreemptionFlag | None = None
 
 
 def supervision(topology: Topology, stack: contextlib.ExitStack) -> Supervision:
@@ -147,12 +151,20 @@ def run(job: JobConfig, topology: Topology, resume: bool, supervised: Supervisio
         train_source, eval_source = build_sources(job, topology)
         try:
             learner = Learner(model, exchange, optimizer, schedule)
-            io = TrainerIO(train_source, eval_source, checkpointer, history, supervised.telemetry, supervised.commands)
-            TowerTrainer(job, topology, learner, io, position).train()
+            io = TrainerIO(
+                train_source,
+                eval_source,
+                checkpointer,
+                history,
+                supervised.telemetry,
+                supervised.commands,
+                preemption=supervised.preemption,
+            )
+            outcome = TowerTrainer(job, topology, learner, io, position).train()
         finally:
             train_source.close()
             eval_source.close()
-    return 0
+    return WorkerExit.PREEMPTED if outcome.state == "preempted" else WorkerExit.OK
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -168,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         return WorkerExit.BAD_INPUT
     with contextlib.ExitStack() as stack:
         supervised = supervision(topology, stack)
+        # Before the process group: a signal during start-up is kept and acted on at the first boundary.
+        supervised.preemption = PreemptionFlag.install(job.dist.preempt_signals)
         try:
             return run(job, topology, resume_requested(args), supervised)
         except (DatasetError, CheckpointError, HistoryError) as err:

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import signal
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from alexserve.config.strict_model import StrictModel
+from alexserve.contract.names import PREEMPT_SIGNALS
+
+# A process cannot catch these, so they cannot ask it to checkpoint.
+_UNCATCHABLE = ("SIGKILL", "SIGSTOP")
 
 
 class DistConfig(StrictModel):
@@ -31,3 +36,19 @@ class DistConfig(StrictModel):
         description="The process group's own timeout: the longest a collective or exchange waits for a live peer "
         "(a backstop for a deadlock; rank 0 alone may spend this long on a checkpoint or plot). At most 86400.",
     )
+    preempt_signals: list[str] = Field(
+        default_factory=lambda: list(PREEMPT_SIGNALS),
+        description="Signals that ask the job to checkpoint at the next command boundary (at most 10 steps) and "
+        "exit PREEMPTED (75): Slurm's --signal=B:USR1@GRACE, the SIGTERM of scancel, requeue and Kubernetes. "
+        "Names such as SIGTERM; [] leaves every signal its default action.",
+    )
+
+    @field_validator("preempt_signals")
+    @classmethod
+    def _known_catchable_signals(cls, names: list[str]) -> list[str]:
+        for name in names:
+            if name in _UNCATCHABLE:
+                raise ValueError(f"{name} cannot be caught, so it cannot ask for a checkpoint")
+            if not name.startswith("SIG") or not isinstance(getattr(signal, name, None), signal.Signals):
+                raise ValueError(f"{name!r} is not a signal name of this system (such as SIGTERM or SIGUSR1)")
+        return list(dict.fromkeys(names))

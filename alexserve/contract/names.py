@@ -42,3 +42,11 @@ class WorkerExit(enum.IntEnum):
     BAD_INPUT = 2  # bad config, data, checkpoint or launch environment
     PEER_LOST = 3  # the other tower died or went silent
     DIVERGED = 4  # a non-finite or runaway loss: restarting would only diverge again, so nothing relaunches it
+    # Asked to stop by a preemption signal, and stopped after committing a checkpoint: resume it. 75 is
+    # sysexits.h's EX_TEMPFAIL ("try again later"), apart from the codes above and from 128 + a signal.
+    PREEMPTED = 75
+
+
+# The signals a scheduler sends before it kills a job: Slurm's `--signal=B:USR1@GRACE` and the SIGTERM of
+# scancel, requeue and Kubernetes. The worker's default (dist.preempt_signals) and what alexserve.launch forwards.
+PREEMPT_SIGNALS = ("SIGTERM", "SIGUSR1")

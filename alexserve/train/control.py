@@ -10,8 +10,10 @@ only every `every_steps` steps (at most every 10 steps or progress line, the
 lesser), so a step in between meets no collective at all. While paused, the
 ranks meet at a broadcast every `PAUSE_POLL_SECONDS`.
 
-Without a supervisor every rank has `NoCommands`, so there is nothing to share:
-no broadcast is spent on it and every step goes ahead.
+The same collective carries the preemption flag (preemption.py): an all-reduce
+(max) of [command, preempted], so a signal to any one rank stops every rank at
+the same step. Without a supervisor and without preemption signals there is
+nothing to share: no collective is spent on it and every step goes ahead.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import torch.distributed as dist
 
 from alexserve.contract.telemetry import CommandSource, NoCommands
 from alexserve.parallel.exchange import peers_required
+from alexserve.train.preemption import PreemptionFlag
 
 PAUSE_POLL_SECONDS = 0.2
 # The most steps between two looks at the supervisor's commands (pause, stop, checkpoint-now).
@@ -65,21 +68,28 @@ class CommandSync:
         every_steps: int = 1,
         backend: str = "gloo",
         timeout_seconds: float = 1800.0,
+        preemption: PreemptionFlag | None = None,
     ):
         self.source, self.is_primary, self.every_steps = source, is_primary, every_steps
-        # Every rank is given the same kind of source (the supervisor started them all, or none).
-        self.shared = not isinstance(source, NoCommands)
+        self.preemption = preemption
+        self.preempted = False  # every rank's view, once shared: some rank was asked to stop
+        # Every rank is given the same kind of source (the supervisor started them all, or none) and the same
+        # dist.preempt_signals.
+        self.shared = not isinstance(source, NoCommands) or preemption is not None
         self.group = None
         if self.shared and backend != "gloo":
             self.group = dist.new_group(backend="gloo", timeout=timedelta(seconds=timeout_seconds))
-        self.buffer = torch.zeros(1, dtype=torch.int64)  # on the CPU: reading it is no device sync
+        self.buffer = torch.zeros(2, dtype=torch.int64)  # on the CPU: reading it is no device sync
 
     def _poll(self) -> Action:
         command = self.source.poll_command() if self.is_primary else None
-        self.buffer.fill_(_BY_KIND[command.kind] if command is not None else Action.NONE)
-        with peers_required(dist.get_rank(), "the broadcast of supervisor commands"):
-            dist.broadcast(self.buffer, src=0, group=self.group)
-        return Action(int(self.buffer.item()))
+        # Only rank 0 polls, every other rank offers NONE (0): the max is rank 0's command.
+        self.buffer[0] = _BY_KIND[command.kind] if command is not None else Action.NONE
+        self.buffer[1] = int(self.preemption is not None and self.preemption.requested)
+        with peers_required(dist.get_rank(), "the sharing of supervisor commands and preemption"):
+            dist.all_reduce(self.buffer, op=dist.ReduceOp.MAX, group=self.group)
+        self.preempted = self.preempted or bool(self.buffer[1].item())
+        return Action(int(self.buffer[0].item()))
 
     def next_action(self, global_step: int) -> Action:
         """The command every rank acts on before step `global_step` (NONE when unsupervised, or between polls)."""
@@ -88,9 +98,16 @@ class CommandSync:
         return self._poll()
 
     def wait_while_paused(self) -> Action:
-        """Blocks all ranks until resume or stop arrives; returns which. Checkpoint-now while paused is ignored."""
+        """Blocks all ranks until resume or stop (or preemption: STOP) arrives; returns which."""
         while True:
             time.sleep(PAUSE_POLL_SECONDS)
             action = self._poll()
+            if self.preempted:
+                return Action.STOP
             if action in (Action.RESUME, Action.STOP):
                 return action
+
+    def meet(self, why: str) -> None:
+        """Every rank waits here for every other (after a preemption checkpoint: rank 0 commits it last)."""
+        with peers_required(dist.get_rank(), why):
+            dist.barrier(group=self.group)

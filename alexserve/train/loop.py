@@ -45,6 +45,7 @@ from alexserve.train.evaluation import EvalResult, evaluate, sum_over_pairs
 from alexserve.train.history import EpochRecord, History, plot
 from alexserve.train.optimizer import PaperSGD
 from alexserve.train.precision import Precision
+from alexserve.train.preemption import PreemptionFlag
 from alexserve.train.progress import IntervalMeter
 from alexserve.train.reporting import eval_summary, interval_summary
 from alexserve.train.schedule import PlateauSchedule, warmup_steps
@@ -53,7 +54,7 @@ from alexserve.train.step import tower_forward_logits, tower_train_step
 
 @dataclass
 class TrainOutcome:
-    state: str  # "completed" or "stopped"
+    state: str  # "completed", "stopped" (on request) or "preempted" (by a signal)
     position: Position
     final_eval: dict[str, EvalResult] = field(default_factory=dict)
 
@@ -90,6 +91,7 @@ class TrainerIO:
     telemetry: TelemetrySink = field(default_factory=NullTelemetry)
     commands: CommandSource = field(default_factory=NoCommands)  # polled by global rank 0, shared with all
     log: Callable[[str], None] = print_to_stderr  # progress lines (global rank 0)
+    preemption: PreemptionFlag | None = None  # this rank's signal flag, shared with the commands
 
 
 class TowerTrainer:
@@ -115,6 +117,7 @@ class TowerTrainer:
             every_steps=poll_interval(job.train.log_every_steps),
             backend=topology.backend,
             timeout_seconds=job.dist.collective_timeout_seconds,
+            preemption=io.preemption,
         )
         self.position = position or Position()
         self.last_eval: dict[str, EvalResult] = {}
@@ -218,6 +221,8 @@ class TowerTrainer:
             if action == Action.RESUME:
                 self.say(f"resumed at step {self.position.global_step}")
                 self.report_state("running")
+        if self.commands.preempted:
+            return False
         if action == Action.CHECKPOINT_NOW:
             self.checkpoint("requested")
         return action != Action.STOP
@@ -225,7 +230,7 @@ class TowerTrainer:
     # ---- the loop
 
     def train_epoch(self) -> str:
-        """Runs the rest of the current epoch: 'epoch_done', 'max_steps' or 'stopped'."""
+        """Runs the rest of the current epoch: 'epoch_done', 'max_steps', 'stopped' or 'preempted'."""
         cfg, pos = self.job.train, self.position
         steps_per_epoch = self.train_source.steps_per_epoch
         meter, totals = IntervalMeter(), IntervalMeter()
@@ -236,7 +241,7 @@ class TowerTrainer:
         step_started = time.perf_counter()
         for images, labels in self.train_source.batches(pos.epoch, pos.step_in_epoch):
             if not self.take_command():
-                return "stopped"
+                return "preempted" if self.commands.preempted else "stopped"
             seed = dropout_seed(cfg.seed, self.topology.pair, pos.global_step)
             self.optimizer.set_lr(self.schedule.lr_at_step(pos.global_step, self.warmup_steps))
             result = tower_train_step(self.model, self.exchange, self.optimizer, images, labels, seed, self.precision)
@@ -329,6 +334,18 @@ class TowerTrainer:
                 self.report_state("stopped")
                 self.say(f"stopped at step {pos.global_step}")
                 return TrainOutcome("stopped", pos, self.last_eval)
+            if ended == "preempted":
+                started = time.perf_counter()
+                self.checkpoint("preempted")
+                # No rank exits before rank 0 has committed: torchrun stops the group at the first exit.
+                self.commands.meet(f"the barrier after the preemption checkpoint at step {pos.global_step}")
+                seconds = time.perf_counter() - started
+                self.report_state("stopped")
+                self.say(
+                    f"preempted at step {pos.global_step}: checkpoint committed in {seconds:.1f}s; "
+                    "exiting PREEMPTED (75): run again with --resume to continue"
+                )
+                return TrainOutcome("preempted", pos, self.last_eval)
             if ended == "max_steps":
                 self.checkpoint("max_steps reached")
                 break

@@ -53,3 +53,13 @@ def test_every_integer_field_has_an_upper_bound():
 def test_the_paper_and_the_divergence_demo_stay_within_bounds():
     build_config({}, [])
     build_config({}, ["optim.learning_rate=100"])  # the divergence guard's demonstration must stay possible
+
+
+def test_preempt_signals_default_and_refusals():
+    from alexserve.config import DistConfig
+
+    assert DistConfig().preempt_signals == ["SIGTERM", "SIGUSR1"]
+    assert DistConfig(preempt_signals=[]).preempt_signals == []
+    for bad, why in (("SIGKILL", "cannot be caught"), ("SIGNOPE", "not a signal name"), ("TERM", "not a signal")):
+        with pytest.raises(ValueError, match=why):
+            DistConfig(preempt_signals=[bad])

@@ -1,0 +1,83 @@
+"""`python -m alexserve.launch`: torchrun for jobs that may be preempted, exiting with the workers' own code.
+
+    python -m alexserve.launch --nproc-per-node=2 -m alexserve.worker --config job.yaml --resume
+
+Takes torchrun's arguments unchanged, with two differences:
+- SIGTERM and SIGUSR1 (a scheduler's preemption signals) are forwarded to the workers and nothing more.
+  Plain torchrun handles SIGTERM itself: it signals the workers, gives them 30 s, kills them and exits 1, so a
+  checkpoint that takes longer is lost; and SIGUSR1 kills plain torchrun outright. Here the workers checkpoint
+  (dist.preempt_signals), exit PREEMPTED (75), and the agent returns as after any exit.
+- It exits with the code of the worker that failed first (the root cause: 2 bad input, 3 peer lost, 4
+  diverged, 75 preempted), where torchrun exits 1 for all of them.
+Restarts belong to the scheduler (Slurm's requeue, Kubernetes' restart policy) or to `alexserve supervisor`:
+`--max-restarts` above 0 is refused, since torchrun would restart a preempted group in place.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+
+from torch.distributed import run as torchrun
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+from alexserve.contract.names import PREEMPT_SIGNALS, WorkerExit
+
+
+def child_pids(parent: int) -> list[int]:
+    """The live processes whose parent is `parent` (the agent's workers), from /proc."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        if int(fields[1]) == parent:
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+def forward_to_workers(signum: int, frame) -> None:
+    # torchrun starts each worker in its own session: its process group reaches what the worker started too.
+    for pid in child_pids(os.getpid()):
+        try:
+            os.killpg(pid, signum)
+        except (ProcessLookupError, PermissionError):
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+
+
+def exit_code(failure: ChildFailedError) -> int:
+    """The first failed worker's exit code; 1 when it died by a signal or gave none."""
+    _, first = failure.get_first_failure()
+    code = first.exitcode
+    return code if isinstance(code, int) and 0 < code < 128 else int(WorkerExit.FAILED)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = torchrun.parse_args(argv)
+    if int(args.max_restarts) > 0:
+        print(
+            f"alexserve.launch: --max-restarts={args.max_restarts}: restarts belong to the scheduler or the "
+            "supervisor here (torchrun would restart a preempted group in place); use 0",
+            file=sys.stderr,
+        )
+        return int(WorkerExit.BAD_INPUT)
+    handled_by_torchrun = [name.strip() for name in args.signals_to_handle.split(",")]
+    args.signals_to_handle = ",".join(name for name in handled_by_torchrun if name not in PREEMPT_SIGNALS)
+    for name in PREEMPT_SIGNALS:
+        signal.signal(getattr(signal, name), forward_to_workers)
+    try:
+        torchrun.run(args)
+    except ChildFailedError as failure:
+        print(failure.format_msg(), file=sys.stderr)
+        return exit_code(failure)
+    return int(WorkerExit.OK)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
