@@ -126,7 +126,7 @@ def run(job: JobConfig, topology: Topology, resume: bool, supervised: Supervisio
     resolved = resolve_job(job)
     job = resolved.job
     if topology.is_primary:
-        announce_departures(resolved.departures, resolved.notices)
+        announce_departures(resolved.departures, resolved.notices + [n for n in [topology.notice] if n])
     # Two ranks share the machine's cores; oversubscribing them makes both slower.
     if topology.device.type == "cpu":
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", topology.world_size))

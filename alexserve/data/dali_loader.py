@@ -32,6 +32,7 @@ from alexserve.data.prefetch import PrefetchSlot
 from alexserve.data.prepared_tree import LabeledFile
 from alexserve.data.source import EvalMode, EvalSource, TrainSource
 from alexserve.data.stats import DatasetStats
+from alexserve.devices import indexed, use_device_in_this_thread
 
 try:  # DALI is an optional dependency (extra 'dali'); the factory falls back to the PIL peer without it.
     import nvidia.dali.fn as fn
@@ -59,9 +60,7 @@ def _require_dali() -> None:
 
 def _device_id(device: torch.device) -> int | None:
     """DALI's device_id: the CUDA index, or None for a CPU-only pipeline."""
-    if device.type == "cuda":
-        return device.index if device.index is not None else torch.cuda.current_device()
-    return None
+    return indexed(device).index if device.type == "cuda" else None
 
 
 def _normalized(offset: int, scale: int, size: int) -> float:
@@ -80,12 +79,6 @@ def labels_to_device(labels: np.ndarray, device: torch.device) -> torch.Tensor:
         return host
     # The caching host allocator keeps the pinned buffer alive until the copy on the stream is done.
     return host.pin_memory().to(device, non_blocking=True)
-
-
-def use_device_in_this_thread(device: torch.device) -> None:
-    """The loader thread's CUDA device is the tower's: DALI's copies and torch's allocations land there."""
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
 
 
 def _decoded_minus_mean(jpegs, mean_image: np.ndarray, gpu: bool):

@@ -22,6 +22,7 @@ from alexserve.data.prefetch import PrefetchSlot
 from alexserve.data.prepared_tree import LabeledFile
 from alexserve.data.source import EvalMode, EvalSource, TrainSource
 from alexserve.data.stats import DatasetStats
+from alexserve.devices import use_device_in_this_thread
 
 
 def decode_rgb(path) -> np.ndarray:
@@ -86,11 +87,6 @@ def to_device(images: torch.Tensor, labels: torch.Tensor, device: torch.device, 
     return images.to(device, dtype, non_blocking=non_blocking), labels.to(device, non_blocking=non_blocking)
 
 
-def _set_thread_device(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-
-
 class PilTrainSource(TrainSource):
     def __init__(
         self,
@@ -125,7 +121,7 @@ class PilTrainSource(TrainSource):
         return batches
 
     def _produce(self, specs):
-        _set_thread_device(self._device)  # runs on the loader thread (prefetch.py)
+        use_device_in_this_thread(self._device)  # runs on the loader thread (prefetch.py)
         for images, labels in _loader(self._dataset, specs, self._workers, self._device):
             yield to_device(images, labels, self._device, self._dtype)
 
@@ -163,7 +159,7 @@ class PilEvalSource(EvalSource):
         sampler = [
             list(range(i, min(i + self._batch, self.num_images))) for i in range(0, self.num_images, self._batch)
         ]
-        _set_thread_device(self._device)
+        use_device_in_this_thread(self._device)
         for images, labels in _loader(dataset, sampler, self._workers, self._device):
             yield to_device(images, labels, self._device, self._dtype)
 

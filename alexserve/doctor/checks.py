@@ -196,28 +196,20 @@ def pair_checks(device: str, num_gpus: int, steps: int, timeout: float) -> list[
 
 
 def grouped_throughput(device: torch.device, steps: int) -> list[CheckResult]:
-    """The one-GPU mode: the grouped model's training step, timed with CUDA events."""
+    """The one-GPU mode: the grouped model's step, nothing read back, under training's math (doctor/timing.py)."""
+    from alexserve.doctor.timing import time_training_steps
     from alexserve.model import AlexNetGrouped
     from alexserve.train.optimizer import PaperSGD
-    from alexserve.train.step import grouped_train_step
+    from alexserve.train.step import grouped_step_tensors
 
-    torch.backends.cudnn.benchmark = True
     cfg, batch = throughput_setup(device)
     model = AlexNetGrouped.from_seed(cfg, 0).to(device)
     optimizer = PaperSGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     g = torch.Generator().manual_seed(0)
     images = (torch.randn(batch, 3, cfg.input_size, cfg.input_size, generator=g) * 60.0).to(device)
     labels = torch.randint(0, cfg.num_classes, (batch,), generator=g).to(device)
-    for _ in range(2):
-        grouped_train_step(model, optimizer, images, labels, None)
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    torch.cuda.synchronize(device)
-    start.record()
-    for _ in range(steps):
-        grouped_train_step(model, optimizer, images, labels, None)
-    end.record()
-    end.synchronize()
-    rate = steps * batch / (start.elapsed_time(end) / 1e3)
+    seconds = time_training_steps(lambda: grouped_step_tensors(model, optimizer, images, labels, None), steps, device)
+    rate = steps * batch / seconds
     detail = f"{rate:.0f} images/s (width {cfg.width}, input {cfg.input_size}, batch {batch}, {steps} steps, fp32)"
     return [CheckResult(f"throughput (grouped model, {device})", "pass", detail)]
 

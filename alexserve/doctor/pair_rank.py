@@ -6,8 +6,9 @@ In order, stopping at the first failure (the peer would wait for a part that nev
    then a few round trips of a larger one give the bandwidth (NCCL between two GPUs, or gloo on CPU);
 2. the two-tower step: forward and backward of a small net through the real `PeerExchange`; the
    logits, loss and gradients go to `OUT/rank{R}.pt` for the parent to compare with the grouped model;
-3. throughput: `--steps` timed training steps of the two-tower net (after two warm-up steps), timed
-   with CUDA events on a GPU.
+3. throughput: `--steps` timed training steps of the two-tower net (after two warm-up steps), under
+   training's math policy (TF32 as `train.allow_tf32` defaults, restored after step 2's IEEE parity check),
+   timed with CUDA events on a GPU (doctor/timing.py).
 
 Each rank writes what it found to `OUT/rank{R}.json`, an error included.
 """
@@ -27,11 +28,13 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from alexserve.config import ModelConfig
+from alexserve.doctor.timing import time_training_steps
 from alexserve.model import AlexNetTower
 from alexserve.parallel.exchange import PeerExchange
 from alexserve.parallel.process_group import process_group
 from alexserve.parallel.topology import Topology
 from alexserve.train.optimizer import PaperSGD
+from alexserve.train.precision import ieee_fp32
 from alexserve.train.step import tower_forward_logits, tower_train_step
 
 PARITY_SEED = 3
@@ -106,9 +109,13 @@ def two_tower_step(topology: Topology, out: Path) -> dict:
     """Forward and backward of the parity net through the real exchange; tensors saved for the parent."""
     device = topology.device
     dtype = torch.float32 if device.type == "cuda" else torch.float64
-    if device.type == "cuda":  # TF32 would make the comparison about TF32's rounding, not about the exchange
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
+    # TF32 would make the comparison about TF32's rounding, not about the exchange; the policy is restored after.
+    with ieee_fp32(device):
+        return _two_tower_step(topology, out, dtype)
+
+
+def _two_tower_step(topology: Topology, out: Path, dtype: torch.dtype) -> dict:
+    device = topology.device
     tower = AlexNetTower(parity_model_config(), topology.tower)
     tower.reset_parameters(PARITY_SEED)
     tower = tower.to(device, dtype)
@@ -126,8 +133,6 @@ def two_tower_step(topology: Topology, out: Path) -> dict:
 
 def throughput(topology: Topology, steps: int) -> dict:
     device = topology.device
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed shapes
     cfg, batch = throughput_setup(device)
     tower = AlexNetTower(cfg, topology.tower)
     tower.reset_parameters(0)
@@ -139,24 +144,9 @@ def throughput(topology: Topology, steps: int) -> dict:
     labels = torch.randint(0, cfg.num_classes, (batch,), generator=g).to(device)
 
     def step() -> None:
-        tower_train_step(tower, exchange, optimizer, images, labels, None)
+        tower_train_step(tower, exchange, optimizer, images, labels, None)  # training's step: reads nothing back
 
-    for _ in range(2):
-        step()
-    if device.type == "cuda":
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        torch.cuda.synchronize(device)
-        start.record()
-        for _ in range(steps):
-            step()
-        end.record()
-        end.synchronize()
-        seconds = start.elapsed_time(end) / 1e3
-    else:
-        began = time.perf_counter()
-        for _ in range(steps):
-            step()
-        seconds = time.perf_counter() - began
+    seconds = time_training_steps(step, steps, device)
     return {
         "images_per_second": steps * batch / seconds,
         "steps": steps,

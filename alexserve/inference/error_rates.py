@@ -13,6 +13,7 @@ import torch
 from alexserve.config import DataConfig, JobConfig, TrainConfig
 from alexserve.data.factory import build_eval_source
 from alexserve.data.source import EvalMode
+from alexserve.devices import default_device
 from alexserve.inference.saved_model import load_model
 from alexserve.train.evaluation import EvalResult, evaluate
 
@@ -35,7 +36,7 @@ def measure_error_rates(
     iterate to the end, which closes the loader.
     """
     data = Path(data)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device()  # cuda:N with its index: the loader threads set it as their device
     model, mirrors = load_model(model_path, device)
     job = JobConfig(
         model=model.cfg,

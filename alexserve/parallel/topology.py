@@ -27,6 +27,7 @@ class Topology:
     local_rank: int
     device: torch.device
     backend: str
+    notice: str | None = None  # why the device differs from what was asked for (printed by the primary rank)
 
     @property
     def tower(self) -> int:
@@ -68,20 +69,48 @@ def _env_int(name: str, default: int | None = None) -> int:
         raise LaunchError(f"environment variable {name}={raw!r} is not an integer") from None
 
 
+def node_device_type(cfg: DistConfig, local_world_size: int, gpus: int) -> tuple[str, str | None]:
+    """('cuda' or 'cpu', a notice or None): one answer for every rank of this host.
+
+    Decided from the host's numbers only (ranks on it, GPUs it shows), never from a rank's own LOCAL_RANK:
+    a rank deciding alone would put rank 0 on cuda:0 with NCCL and rank 1 on the CPU with gloo on a one-GPU host,
+    and NCCL's init would then wait for a peer that never comes. Every rank needs a GPU of its own.
+    """
+    enough = gpus >= local_world_size
+    if cfg.device == "cuda" and not enough:
+        raise LaunchError(
+            f"dist.device 'cuda': LOCAL_WORLD_SIZE={local_world_size} ranks on this host but {gpus} GPU(s) visible; "
+            "each rank needs a GPU of its own (use dist.device: cpu, or fewer ranks per host)"
+        )
+    if cfg.device == "auto" and not enough:
+        notice = None
+        if gpus:
+            notice = (
+                f"dist.device 'auto': {gpus} GPU(s) visible for LOCAL_WORLD_SIZE={local_world_size} ranks on this "
+                "host, fewer than one per rank: every rank runs on the CPU (gloo)"
+            )
+        return "cpu", notice
+    return ("cpu" if cfg.device == "cpu" else "cuda"), None
+
+
 def topology_from_env(cfg: DistConfig) -> Topology:
     rank = _env_int("RANK")
     world_size = _env_int("WORLD_SIZE")
     local_rank = _env_int("LOCAL_RANK", rank)
+    local_world_size = _env_int("LOCAL_WORLD_SIZE", world_size)  # torchrun sets it; without it: one host
     if world_size < 2 or world_size % 2:
         raise LaunchError(f"WORLD_SIZE={world_size}: alexserve needs an even number of ranks (two towers per pair)")
+    if not 0 <= local_rank < local_world_size:
+        raise LaunchError(f"LOCAL_RANK={local_rank} is outside LOCAL_WORLD_SIZE={local_world_size}")
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    want_cuda = cfg.device == "cuda" or (cfg.device == "auto" and gpus > local_rank)
-    if want_cuda and gpus <= local_rank:
-        raise LaunchError(f"device 'cuda' asked for, but LOCAL_RANK={local_rank} and only {gpus} GPU(s) are visible")
+    device_type, notice = node_device_type(cfg, local_world_size, gpus)
+    want_cuda = device_type == "cuda"
     device = torch.device("cuda", local_rank) if want_cuda else torch.device("cpu")
     backend = cfg.backend
     if backend == "auto":
         backend = "nccl" if want_cuda else "gloo"
     if backend == "nccl" and not want_cuda:
         raise LaunchError("backend 'nccl' needs each rank on its own GPU; use gloo on CPU")
-    return Topology(rank=rank, world_size=world_size, local_rank=local_rank, device=device, backend=backend)
+    return Topology(
+        rank=rank, world_size=world_size, local_rank=local_rank, device=device, backend=backend, notice=notice
+    )

@@ -50,15 +50,59 @@ class Precision:
 FP32 = Precision()
 
 
+def set_tf32(allow_tf32: bool) -> None:
+    """The TF32 policy through the API that keeps torch's old and new precision state consistent.
+
+    torch >= 2.9 has two views of it: the legacy getters (`torch.backends.cuda.matmul.allow_tf32`,
+    `torch.get_float32_matmul_precision()`, `torch.backends.cudnn.allow_tf32`) and the per-backend
+    `fp32_precision` attributes. Setting only the new attributes leaves the legacy getters raising RuntimeError
+    (checked on torch 2.13), and torch.compile and libraries read those. Setting through the legacy setters updates
+    both views (the new attributes then read 'tf32' or 'ieee').
+    """
+    torch.set_float32_matmul_precision("high" if allow_tf32 else "highest")
+    torch.backends.cudnn.allow_tf32 = allow_tf32
+
+
 def configure_device_math(device: torch.device, allow_tf32: bool) -> None:
     """cudnn.benchmark and the TF32 policy on CUDA (module docstring); nothing on CPU."""
     if device.type != "cuda":
         return
     torch.backends.cudnn.benchmark = True
-    mode = "tf32" if allow_tf32 else "ieee"
-    if hasattr(torch.backends.cuda.matmul, "fp32_precision"):  # torch >= 2.9: the per-backend precision API
-        torch.backends.cuda.matmul.fp32_precision = mode
-        torch.backends.cudnn.conv.fp32_precision = mode
-    else:
-        torch.backends.cuda.matmul.allow_tf32 = allow_tf32
-        torch.backends.cudnn.allow_tf32 = allow_tf32
+    set_tf32(allow_tf32)
+
+
+@dataclass(frozen=True)
+class MathPolicy:
+    """What `configure_device_math` sets, as read back (to restore it after a block that changes it)."""
+
+    matmul_precision: str
+    cudnn_allow_tf32: bool
+    cudnn_benchmark: bool
+
+    @classmethod
+    def current(cls) -> MathPolicy:
+        return cls(
+            torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark
+        )
+
+    def apply(self) -> None:
+        torch.set_float32_matmul_precision(self.matmul_precision)
+        torch.backends.cudnn.allow_tf32 = self.cudnn_allow_tf32
+        torch.backends.cudnn.benchmark = self.cudnn_benchmark
+
+
+@contextlib.contextmanager
+def ieee_fp32(device: torch.device):
+    """IEEE fp32 (no TF32) on CUDA for the block, and the policy from before it afterwards (nothing on CPU).
+
+    For exactness checks (the doctor's parity), which must not leave training-speed code behind them in IEEE mode.
+    """
+    if device.type != "cuda":
+        yield
+        return
+    before = MathPolicy.current()
+    set_tf32(False)
+    try:
+        yield
+    finally:
+        before.apply()

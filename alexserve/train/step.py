@@ -88,6 +88,22 @@ def tower_train_step(
     return summarize(loss.detach(), logits.detach(), labels)
 
 
+def grouped_step_tensors(
+    model: AlexNetGrouped,
+    optimizer: torch.optim.Optimizer,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    dropout_seed: int | None,
+) -> StepTensors:
+    """The single-process reference step, its figures left on the device (what the doctor times on one GPU)."""
+    optimizer.zero_grad(set_to_none=True)
+    logits = model(images, dropout_seed)
+    loss = F.cross_entropy(logits, labels)
+    loss.backward()
+    optimizer.step()
+    return summarize(loss.detach(), logits.detach(), labels)
+
+
 def grouped_train_step(
     model: AlexNetGrouped,
     optimizer: torch.optim.Optimizer,
@@ -96,9 +112,4 @@ def grouped_train_step(
     dropout_seed: int | None,
 ) -> StepResult:
     """The single-process reference step; it reads its figures back at once (it is not the pair's hot path)."""
-    optimizer.zero_grad(set_to_none=True)
-    logits = model(images, dropout_seed)
-    loss = F.cross_entropy(logits, labels)
-    loss.backward()
-    optimizer.step()
-    return summarize(loss.detach(), logits.detach(), labels).read()
+    return grouped_step_tensors(model, optimizer, images, labels, dropout_seed).read()
