@@ -8,7 +8,8 @@
     # reachable from other hosts: a token is required (file or ALEXSERVE_TOKEN)
     alexserve supervisor --control tcp://0.0.0.0:7355 --metrics-host 0.0.0.0 --token-file /run/secrets/alexserve_token
 
-Runs until SIGTERM or SIGINT, then kills its worker groups and records why.
+Runs until SIGTERM or SIGINT, then stops its running jobs with a checkpoint (`--stop-grace-seconds`),
+kills what is left and records why.
 Library: `alexserve.supervisor.service.Supervisor`.
 """
 
@@ -73,6 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add("--max-running", type=int, default=1, help="worker groups running at once; other jobs wait queued")
     add("--stop-timeout", type=float, default=300.0, help="seconds a stopping job may take before it is killed")
+    add(
+        "--stop-grace-seconds",
+        type=float,
+        default=120.0,
+        help="on SIGTERM/SIGINT, seconds running jobs get to checkpoint and stop (recorded `stopped`, resumable) "
+        "before the rest are killed (0: kill at once)",
+    )
     add("--restart-delay", type=float, default=1.0, help="seconds between a worker death and the relaunch")
     add("--worker-module", default=WORKER_MODULE, help=argparse.SUPPRESS)  # tests run a stand-in
     return parser
@@ -93,6 +101,7 @@ def options_from_args(args: argparse.Namespace, token: str | None) -> ServerOpti
         metrics_public=args.metrics_public,
         max_running=args.max_running,
         stop_timeout_seconds=args.stop_timeout,
+        stop_grace_seconds=args.stop_grace_seconds,
         restart_delay_seconds=args.restart_delay,
         worker_module=args.worker_module,
     )

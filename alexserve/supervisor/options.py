@@ -29,6 +29,8 @@ class ServerOptions:
     """Worker groups running at once; other jobs wait queued."""
     stop_timeout_seconds: float = 300.0
     """How long a stopping job may take to checkpoint and exit before it is killed and failed."""
+    stop_grace_seconds: float = 120.0
+    """On SIGTERM or SIGINT: how long running jobs get to checkpoint and stop before they are killed (0: kill)."""
     restart_delay_seconds: float = 1.0
     """Pause between a worker group's death and its relaunch."""
     worker_module: str = WORKER_MODULE

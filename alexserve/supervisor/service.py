@@ -35,6 +35,7 @@ from alexserve.supervisor.jobs import JobRecord, JobStore
 from alexserve.supervisor.lifecycle import JobLifecycle, JobRuntime
 from alexserve.supervisor.metrics import SupervisorMetrics
 from alexserve.supervisor.options import ServerOptions
+from alexserve.supervisor.states import JobState
 from alexserve.supervisor.verbs import ControlVerbs
 
 __all__ = ["JobRuntime", "ServerOptions", "Supervisor"]
@@ -57,6 +58,7 @@ class Supervisor:
         self.verbs = ControlVerbs(options, self.lifecycle, self.channels, self.metrics, self.health)
         self.started_at = time.time()
         self._stop_requested = False
+        self._kill_now = False
         self._last_poll_error: tuple[str, str] | None = None
         self._lock_file: IO[str] | None = None
         self.context: zmq.Context | None = None
@@ -117,14 +119,35 @@ class Supervisor:
             raise RuntimeError(f"another supervisor is using {self.store.state_dir} (lock {path} is held)") from None
 
     def request_stop(self, *_: Any) -> None:
+        """The first request stops the jobs gracefully; a second one ends the grace period at once."""
+        if self._stop_requested:
+            self._kill_now = True
         self._stop_requested = True
 
     def serve_forever(self) -> None:
         try:
             while not self._stop_requested:
                 self.serve_once(POLL_MILLISECONDS)
+            self.stop_jobs_gracefully()
         finally:
             self.close()
+
+    def stop_jobs_gracefully(self) -> None:
+        """Stops every running or paused job as `alexserve job stop` does (checkpoint, exit, `stopped`), while
+        serving, for at most `stop_grace_seconds`; close() then kills what is left and fails it."""
+        grace = self.options.stop_grace_seconds
+        active = [job for job in self.jobs.values() if job.state in (JobState.RUNNING, JobState.PAUSED)]
+        if grace <= 0 or not active:
+            return
+        log.info(f"shutting down: stopping {len(active)} job(s) with a checkpoint, for at most {grace:g}s")
+        for job in active:
+            self._guarded(f"stopping {job.id}", lambda job=job: self.verbs.stop_job(job))
+        deadline = time.monotonic() + grace
+        while not self._kill_now and time.monotonic() < deadline:
+            if not any(job.state == JobState.STOPPING for job in self.jobs.values()):
+                return
+            self.serve_once(POLL_MILLISECONDS)
+        log.info("shutting down: the grace period is over; killing the jobs still stopping")
 
     def serve_once(self, timeout_ms: int) -> None:
         events = dict(self.poller.poll(timeout_ms))

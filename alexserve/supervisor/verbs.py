@@ -259,7 +259,10 @@ class ControlVerbs:
         return {"id": job.id, "state": job.state.value, "requested": "resume"}
 
     def verb_stop(self, request) -> dict[str, Any]:
-        job = self._job(request.job_id)
+        return self.stop_job(self._job(request.job_id))
+
+    def stop_job(self, job) -> dict[str, Any]:
+        """Queued: stopped at once; running or paused: asked to checkpoint and exit (`stopping`)."""
         if job.state == _S.QUEUED:
             self.lifecycle.finish(job, _S.STOPPED, "stopped before it was launched")
             return {"id": job.id, "state": job.state.value}

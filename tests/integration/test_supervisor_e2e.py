@@ -175,14 +175,14 @@ def test_supervisor_restart_keeps_the_job_list_and_leaves_no_orphans(tmp_path):
         assert jobs[long["id"]]["state"] == "failed"
         assert jobs[long["id"]]["reason"].startswith("interrupted: the supervisor exited while the job was running")
         assert not marked_processes(state)
-        # A new job gets a new id; a clean shutdown (SIGTERM) kills its workers, even mid-start-up, before exiting.
+        # A new job gets a new id; a clean shutdown (SIGTERM) stops it with a checkpoint before exiting.
         after = second.client.submit(tiny_spec(100_000, name="after"), "after.json")
         assert after["id"] not in (waiting["id"], long["id"])
-        wait_state(second, after["id"], {"running"}, 30)
-        time.sleep(2.0)
+        wait_step(second, after["id"], 3)
         assert marked_processes(state)
         second.stop(signal.SIGTERM)
         assert second.proc.returncode == 0, second.log()
+        assert "stopping 1 job(s) with a checkpoint" in second.log()
         assert not marked_processes(state), "workers outlived a clean shutdown"
     finally:
         cleanup(second)
@@ -190,11 +190,40 @@ def test_supervisor_restart_keeps_the_job_list_and_leaves_no_orphans(tmp_path):
     third = start_supervisor(state)
     try:
         jobs = {j["id"]: j for j in third.client.list()}
-        assert [jobs[j]["state"] for j in (long["id"], waiting["id"], after["id"])] == ["failed", "cancelled", "failed"]
-        assert jobs[after["id"]]["reason"].startswith("interrupted: the supervisor shut down while the job was running")
+        assert [jobs[j]["state"] for j in (long["id"], waiting["id"], after["id"])] == [
+            "failed",
+            "cancelled",
+            "stopped",
+        ]
+        stopped = third.client.status(after["id"])
+        assert stopped["exit_code"] == 0 and stopped["step"] >= 3, stopped["reason"]
+        assert newest_committed_step(Path(stopped["checkpoint_dir"])) == stopped["step"]
+        # `alexserve job resume` continues it under the new supervisor, from that checkpoint.
+        third.client.call("resume", job_id=after["id"])
+        resumed = wait_step(third, after["id"], stopped["step"] + 2)
+        assert resumed["attempts"] == 2
+        third.client.call("cancel", job_id=after["id"])
     finally:
         left = cleanup(third)
     assert not left
+
+
+def test_a_zero_grace_shutdown_kills_and_fails_the_job(tmp_path):
+    sup = start_supervisor(tmp_path / "state", "--stop-grace-seconds", "0")
+    try:
+        job = sup.client.submit(tiny_spec(100_000, name="killed"), "killed.json")
+        wait_state(sup, job["id"], {"running"}, 30)
+        sup.stop(signal.SIGTERM)
+        assert sup.proc.returncode == 0, sup.log()
+    finally:
+        cleanup(sup)
+    again = start_supervisor(tmp_path / "state")
+    try:
+        record = again.client.status(job["id"])
+        assert record["state"] == "failed"
+        assert record["reason"].startswith("interrupted: the supervisor shut down while the job was running")
+    finally:
+        assert not cleanup(again)
 
 
 def test_two_pairs_job_runs_four_workers_and_counts_both_pairs_images(supervisor):  # noqa: F811 (fixture)
