@@ -125,6 +125,8 @@ def _pipeline_kwargs(
         device_id=_device_id(device),
         exec_async=True,
         exec_pipelined=True,
+        # `outputs(cuda_stream)` needs the dynamic executor; stable since DALI 1.44 (its release notes), the floor.
+        exec_dynamic=True,
         prefetch_queue_depth=max(MIN_QUEUE_DEPTH, queue_depth),
         seed=seed,  # nothing random runs inside the graph; fixed anyway
     )
