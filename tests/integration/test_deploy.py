@@ -481,6 +481,34 @@ def ci_torch_version() -> str:
     return version
 
 
+# (torch minor, PyTorch wheel index, CUDA major.minor of the base image, DALI wheel) sets that exist.
+# Sources: torch 2.12 dropped CUDA 12.8 wheels, keeping 12.6 and 13.0 (pytorch/pytorch#178665, the 2.12 CUDA
+# RFC; torch 2.13's cu126/cu130 wheels, pytorch/FBGEMM#5976 and googlecolab/colabtools#5982); DALI's wheel is
+# built per CUDA major (docs.nvidia.com/deeplearning/dali, Installation: nvidia-dali-cuda120, -cuda130).
+KNOWN_GOOD_SETS = {
+    ("2.13", "cu126", "12.6", "nvidia-dali-cuda120"),
+    ("2.13", "cu130", "13.0", "nvidia-dali-cuda130"),
+}
+
+
+def test_the_dockerfiles_torch_cuda_dali_set_is_a_known_good_one():
+    args = dockerfile_args()
+    cuda = re.fullmatch(r"nvidia/cuda:(\d+\.\d+)\.\d+-(?:cudnn-)?runtime-ubuntu\d+\.\d+", args["BASE_IMAGE"])
+    index = re.fullmatch(r"https://download\.pytorch\.org/whl/(cu\d+)", args["TORCH_INDEX_URL"])
+    torch_minor = ".".join(args["TORCH_VERSION"].split(".")[:2])
+    (dali,) = [
+        re.match(r"nvidia-dali-cuda\d+", d)[0]
+        for d in pyproject()["project"]["optional-dependencies"]["dali"]
+        if d.startswith("nvidia-dali-cuda")
+    ]
+    found = (torch_minor, index and index[1], cuda and cuda[1], dali)
+    assert found in KNOWN_GOOD_SETS, f"{found} is not a (torch, index, CUDA, DALI) set known to exist"
+
+
+def test_the_known_good_check_refuses_the_old_cu128_set():
+    assert ("2.13", "cu128", "12.8", "nvidia-dali-cuda120") not in KNOWN_GOOD_SETS
+
+
 def test_base_image_is_cuda_runtime_with_cis_torch_python_311_and_dali():
     args = dockerfile_args()
     base = args["BASE_IMAGE"]
