@@ -217,6 +217,10 @@ class CheckpointNowCommand(_Command):
 
 
 Command = Annotated[PauseCommand | ResumeCommand | StopCommand | CheckpointNowCommand, Field(discriminator="kind")]
+# The one list of command kinds, read off `Command` itself (train/control.py numbers its actions from it).
+COMMAND_KINDS: tuple[str, ...] = tuple(
+    get_args(model.model_fields["kind"].annotation)[0] for model in get_args(get_args(Command)[0])
+)
 
 _REPORT = TypeAdapter(Report)
 _COMMAND = TypeAdapter(Command)

@@ -26,6 +26,7 @@ import torch
 import torch.distributed as dist
 
 from alexserve.contract.telemetry import CommandSource, NoCommands
+from alexserve.contract.worker_messages import COMMAND_KINDS
 from alexserve.parallel.exchange import peers_required
 from alexserve.train.preemption import PreemptionFlag
 
@@ -34,20 +35,11 @@ PAUSE_POLL_SECONDS = 0.2
 MAX_STEPS_BETWEEN_POLLS = 10
 
 
-class Action(enum.IntEnum):
-    NONE = 0
-    PAUSE = 1
-    RESUME = 2
-    STOP = 3
-    CHECKPOINT_NOW = 4
+# What a rank does at a boundary: NONE (0), or one member per command kind of the contract, in its order
+# (PAUSE, RESUME, STOP, CHECKPOINT_NOW): a new command kind gets its action here with no second list to update.
+Action = enum.IntEnum("Action", ["NONE", *(kind.upper() for kind in COMMAND_KINDS)], start=0)
 
-
-_BY_KIND = {
-    "pause": Action.PAUSE,
-    "resume": Action.RESUME,
-    "stop": Action.STOP,
-    "checkpoint_now": Action.CHECKPOINT_NOW,
-}
+_BY_KIND = {kind: Action[kind.upper()] for kind in COMMAND_KINDS}
 _NO_COMMANDS = NoCommands()
 
 

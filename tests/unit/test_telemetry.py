@@ -20,12 +20,14 @@ from alexserve.contract.telemetry import (
     TelemetrySink,
 )
 from alexserve.contract.worker_messages import (
+    COMMAND_KINDS,
     CheckpointEvent,
     ErrorEvent,
     EvalReport,
     ExchangeTiming,
     StateEvent,
     StepReport,
+    parse_command,
     parse_report,
 )
 from alexserve.parallel.exchange import ExchangeTotals
@@ -152,3 +154,15 @@ def test_training_counters_become_plain_summaries():
     assert eval_summary(1, 9, {"center": center}) == EvalSummary(1, 9, 0.25, 0.125, None, None)
     ten = EvalResult("ten_crop", 0.2, 0.1, 8)
     assert eval_summary(1, 9, {"center": center, "ten_crop": ten}).ten_crop_top5_error == 0.1
+
+
+def test_every_command_kind_of_the_contract_is_one_action_with_the_same_name():
+    """The actions come from the contract's one list of kinds: every parsable command maps, nothing else exists."""
+    from alexserve.train.control import _BY_KIND, Action
+
+    assert COMMAND_KINDS == ("pause", "resume", "stop", "checkpoint_now")
+    assert [a.name for a in Action] == ["NONE", "PAUSE", "RESUME", "STOP", "CHECKPOINT_NOW"]
+    assert [int(a) for a in Action] == list(range(len(COMMAND_KINDS) + 1))  # the wire value of the all-reduce
+    for kind in COMMAND_KINDS:
+        command = parse_command(f'{{"kind": "{kind}", "job_id": "j1"}}'.encode())
+        assert _BY_KIND[command.kind].name == kind.upper()
