@@ -49,38 +49,39 @@ by this job: a store with a `job_id` accepts only its own; a store without one
 (a worker run by hand) accepts any, as before identities existed.
 
 Numbers read back are checked: the manifest, shard records and config.json are
-parsed as strict JSON (NaN and Infinity refused, naming the file), and are
-written with `allow_nan=False` so such a file is never produced.
+strict JSON, written with `allow_nan=False` and parsed refusing NaN and
+Infinity, naming the file (files.py).
 
 Loading always uses `torch.load(weights_only=True)`: a checkpoint never runs
 code. `write_shard` and `commit` refuse payloads that such a load could not
-read back (numpy arrays, dataclasses, Paths...), naming the key, so the
-mistake shows when saving, not when resuming after a crash.
+read back (numpy arrays, dataclasses, Paths...), naming the key (payload.py).
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 import os
-import pickle
 import re
-import shutil
 import time
 import uuid
 import warnings
-from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
-import numpy as np
-import torch
-
+from alexserve.checkpoint.files import (
+    CheckpointError,
+    list_dir,
+    parse_file_entry,
+    parse_strict_json,
+    read_verified,
+    remove,
+    write_json_atomically,
+)
 from alexserve.checkpoint.naming import MARKER, parse_step_dir_name, step_dir_name
-from alexserve.durable import fsync_dir, write_through
+from alexserve.checkpoint.payload import check_loadable, save_torch, torch_load
+from alexserve.durable import fsync_dir
 
 FORMAT_VERSION = 1
 JOB_ID_KEY = "job_id"  # in the manifest: the supervisor job that wrote it; null for a worker run by hand
@@ -89,10 +90,6 @@ CONFIG_FILE = "config.json"
 STAGING = ".staging"
 TRASH = ".trash"
 _SHARD_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be written or used; the message names the file and the reason."""
 
 
 @dataclass(frozen=True)
@@ -107,95 +104,6 @@ class CheckpointRef:
     def shard_names(self) -> list[str]:
         shards = self.manifest.get("shards")
         return sorted(shards) if isinstance(shards, dict) else []
-
-
-# ---------------------------------------------------------------- durable files
-
-
-class _HashingWriter:
-    """A write-only file wrapper that counts and hashes what `torch.save` streams through it."""
-
-    def __init__(self, file: BinaryIO) -> None:
-        self.file = file
-        self.sha256 = hashlib.sha256()
-        self.size = 0
-
-    def write(self, data) -> int:
-        self.sha256.update(data)
-        self.size += len(data)
-        return self.file.write(data)
-
-    def flush(self) -> None:
-        self.file.flush()
-
-
-def _write_file_atomically(path: Path, write: Callable[[BinaryIO], None]) -> tuple[int, str]:
-    """Writes through `write` to a temporary name, fsyncs, renames onto `path`; returns (size, sha256)."""
-    writers: list[_HashingWriter] = []
-
-    def hashed(file: BinaryIO) -> None:
-        writers.append(_HashingWriter(file))
-        write(writers[0])
-
-    write_through(path, hashed)
-    return writers[0].size, writers[0].sha256.hexdigest()
-
-
-def _write_json_atomically(path: Path, data: dict[str, Any]) -> tuple[int, str]:
-    try:
-        text = json.dumps(data, indent=2, sort_keys=True, allow_nan=False).encode()
-    except ValueError as err:
-        raise CheckpointError(f"{path}: refusing to write a value that is not finite: {err}") from None
-    return _write_file_atomically(path, lambda f: f.write(text))
-
-
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"non-finite number {name} (checkpoint files hold finite numbers only)")
-
-
-def parse_strict_json(text: str | bytes) -> Any:
-    """`json.loads` that refuses NaN, Infinity and -Infinity (Python's json accepts them by default)."""
-    return json.loads(text, parse_constant=_refuse_constant)
-
-
-# ---------------------------------------------------------------- payload checks
-
-# Exactly the types `torch.load(weights_only=True)` reads back (checked by the tests).
-_LEAF_TYPES = (bool, int, float, complex, str, bytes, type(None), torch.dtype, torch.device, torch.Size)
-_TENSOR_TYPES = (torch.Tensor, torch.nn.Parameter)
-
-
-def check_loadable(payload: Any, where: str = "payload") -> None:
-    """Raises CheckpointError naming the first value that weights_only loading could not read back."""
-    kind = type(payload)
-    if kind in _TENSOR_TYPES or kind in _LEAF_TYPES:
-        return
-    if kind in (dict, OrderedDict):
-        for key, value in payload.items():
-            if type(key) not in (str, int, float, bool, tuple, type(None)):
-                raise CheckpointError(f"{where} has a key of type {type(key).__name__}; use str or int keys")
-            check_loadable(value, f"{where}[{key!r}]")
-        return
-    if kind in (list, tuple, set):
-        for index, value in enumerate(payload):
-            check_loadable(value, f"{where}[{index}]")
-        return
-    hint = (
-        "convert it with torch.as_tensor(...)"
-        if isinstance(payload, np.ndarray)
-        else (
-            "convert it with float()/int()"
-            if isinstance(payload, np.generic)
-            else "store plain numbers, strings, tensors or containers of them"
-        )
-    )
-    raise CheckpointError(
-        f"{where} is a {kind.__module__}.{kind.__qualname__}, which torch.load(weights_only=True) refuses; {hint}"
-    )
-
-
-def _save_torch(path: Path, payload: dict[str, Any]) -> tuple[int, str]:
-    return _write_file_atomically(path, lambda f: torch.save(payload, f))
 
 
 # ---------------------------------------------------------------- the store
@@ -235,11 +143,11 @@ class CheckpointStore:
         check_loadable(payload, where=f"shard {name!r}")
         staging = self.staging_dir(step)
         self._make_dirs(staging)
-        size, digest = _save_torch(
+        size, digest = save_torch(
             staging / f"{name}.pt", {"format_version": FORMAT_VERSION, "step": step, "payload": payload}
         )
         # The sidecar follows the shard, so its presence proves the shard is whole.
-        _write_json_atomically(staging / f"{name}.json", {"file": f"{name}.pt", "bytes": size, "sha256": digest})
+        write_json_atomically(staging / f"{name}.json", {"file": f"{name}.pt", "bytes": size, "sha256": digest})
         return staging / f"{name}.pt"
 
     def _make_dirs(self, staging: Path) -> None:
@@ -262,11 +170,11 @@ class CheckpointStore:
         staging = self.staging_dir(step)
         files = {name: self._read_sidecar(staging, name) for name in self.shard_names}
         self._remove_strays(staging)
-        size, digest = _save_torch(
+        size, digest = save_torch(
             staging / f"{SHARED}.pt", {"format_version": FORMAT_VERSION, "step": step, "payload": shared}
         )
         files[SHARED] = {"file": f"{SHARED}.pt", "bytes": size, "sha256": digest}
-        size, digest = _write_json_atomically(staging / CONFIG_FILE, config)
+        size, digest = write_json_atomically(staging / CONFIG_FILE, config)
         manifest = {
             "format_version": FORMAT_VERSION,
             "step": step,
@@ -276,7 +184,7 @@ class CheckpointStore:
             "shared": files[SHARED],
             "config": {"file": CONFIG_FILE, "bytes": size, "sha256": digest},
         }
-        _write_json_atomically(staging / MARKER, manifest)
+        write_json_atomically(staging / MARKER, manifest)
         final = self._publish(staging, step)
         self._clean_up(step)
         return CheckpointRef(step=step, path=final, manifest=manifest)
@@ -289,7 +197,7 @@ class CheckpointStore:
                 "every shard's writer must finish write_shard before the barrier that precedes commit"
             )
         try:
-            return _parse_file_entry(parse_strict_json(sidecar.read_text()))
+            return parse_file_entry(parse_strict_json(sidecar.read_text()))
         except (ValueError, KeyError, TypeError) as err:
             raise CheckpointError(f"{sidecar}: unreadable shard record: {err}") from None
 
@@ -301,7 +209,7 @@ class CheckpointStore:
         wanted = {f"{n}.pt" for n in self.shard_names} | {f"{n}.json" for n in self.shard_names}
         for entry in staging.iterdir():
             if entry.name not in wanted:
-                _remove(entry)
+                remove(entry)
 
     def _publish(self, staging: Path, step: int) -> Path:
         """Renames the sealed staging folder into place; an older folder of the same step goes to the trash first."""
@@ -330,26 +238,26 @@ class CheckpointStore:
         resume picks, jumping back to the abandoned run; so they go. Then the
         newest `keep_last` remain, the one just committed always among them.
         """
-        for entry in _list_dir(self.directory / STAGING):
+        for entry in list_dir(self.directory / STAGING):
             step = parse_step_dir_name(entry.name)
             # Later steps may belong to a rank already writing the next checkpoint: leave them.
             if step is None or step <= committed_step:
-                _remove(entry)
+                remove(entry)
         # Another job's checkpoints (or ones of unknown origin) are never this store's to delete.
         committed = [ref for ref in self.committed() if self.owns(ref)]
         abandoned = [ref for ref in committed if ref.step > committed_step]
         kept = [ref for ref in committed if ref.step <= committed_step]
         for ref in abandoned + kept[: max(0, len(kept) - self.keep_last)]:
             self._to_trash(ref.path)
-        for entry in _list_dir(self.directory / TRASH):
-            _remove(entry)
+        for entry in list_dir(self.directory / TRASH):
+            remove(entry)
 
     # ---- reading
 
     def committed(self) -> list[CheckpointRef]:
         """Every committed checkpoint, oldest first. Folders without a readable manifest are ignored."""
         refs = []
-        for entry in _list_dir(self.directory):
+        for entry in list_dir(self.directory):
             step = parse_step_dir_name(entry.name)
             if step is None or not (entry / MARKER).is_file():
                 continue
@@ -397,8 +305,8 @@ class CheckpointStore:
     def load(self, ref: CheckpointRef, name: str, map_location: Any = "cpu") -> dict[str, Any]:
         """The payload of shard `name` (or "shared"), checked against the manifest and loaded with weights_only."""
         entry = self._manifest_entry(ref, name)
-        data = self._read_verified(ref.path / entry["file"], entry)
-        content = _torch_load(ref.path / entry["file"], data, map_location)
+        data = read_verified(ref.path / entry["file"], entry)
+        content = torch_load(ref.path / entry["file"], data, map_location)
         if not isinstance(content, dict) or "payload" not in content or content.get("step") != ref.step:
             raise CheckpointError(f"{ref.path / entry['file']}: not a shard of step {ref.step}")
         return content["payload"]
@@ -410,7 +318,7 @@ class CheckpointStore:
         """
         for name in [*ref.shard_names, SHARED, CONFIG_FILE]:
             entry = self._manifest_entry(ref, name)
-            self._read_verified(ref.path / entry["file"], entry)
+            read_verified(ref.path / entry["file"], entry)
 
     def load_shared(self, ref: CheckpointRef, map_location: Any = "cpu") -> dict[str, Any]:
         return self.load(ref, SHARED, map_location)
@@ -420,7 +328,7 @@ class CheckpointStore:
         entry = self._manifest_entry(ref, CONFIG_FILE)
         path = ref.path / entry["file"]
         try:
-            config = parse_strict_json(self._read_verified(path, entry))
+            config = parse_strict_json(read_verified(path, entry))
         except ValueError as err:
             raise CheckpointError(f"{path}: not valid JSON: {err}") from None
         if not isinstance(config, dict):
@@ -457,83 +365,21 @@ class CheckpointStore:
             )
         try:
             if name == SHARED:
-                return _parse_file_entry(manifest["shared"])
+                return parse_file_entry(manifest["shared"])
             if name == CONFIG_FILE:
-                return _parse_file_entry(manifest["config"])
+                return parse_file_entry(manifest["config"])
             shards = manifest["shards"]
         except (KeyError, TypeError, ValueError) as err:
             raise CheckpointError(f"{marker}: malformed manifest: {err}") from None
         if name not in shards:
             raise CheckpointError(f"{ref.path}: shard {name!r} is missing; the manifest lists {sorted(shards)}")
         try:
-            return _parse_file_entry(shards[name])
+            return parse_file_entry(shards[name])
         except (KeyError, TypeError, ValueError) as err:
             raise CheckpointError(f"{marker}: malformed entry for shard {name!r}: {err}") from None
-
-    @staticmethod
-    def _read_verified(path: Path, entry: dict[str, Any]) -> bytes:
-        """The file's bytes, after checking them against the size and digest the manifest recorded."""
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            raise CheckpointError(f"{path}: missing, though the manifest lists it") from None
-        except OSError as err:
-            raise CheckpointError(f"{path}: cannot read: {err.strerror}") from None
-        if len(data) != entry["bytes"]:
-            raise CheckpointError(
-                f"{path}: truncated or altered: {len(data)} bytes, the manifest recorded {entry['bytes']}"
-            )
-        if hashlib.sha256(data).hexdigest() != entry["sha256"]:
-            raise CheckpointError(f"{path}: corrupt: SHA-256 differs from the one the manifest recorded")
-        return data
-
-
-def _torch_load(path: Path, data: bytes, map_location: Any) -> Any:
-    """`torch.load(weights_only=True)`, with its failures turned into errors that name the file."""
-    try:
-        return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:
-        detail = _weights_only_reason(str(err))
-        raise CheckpointError(
-            f"{path}: refused: loading it would need objects that weights_only loading does not allow ({detail}); "
-            "a checkpoint must never run code"
-        ) from None
-    except Exception as err:  # the zip reader raises RuntimeError, pickle may raise EOFError, ValueError...
-        raise CheckpointError(f"{path}: not a readable torch file: {type(err).__name__}: {err}") from None
-
-
-def _weights_only_reason(message: str) -> str:
-    """The line of torch's refusal that says what was refused (e.g. "unsupported GLOBAL posix.system")."""
-    boilerplate = ("Weights only load failed", "Check the documentation", "Please file an issue")
-    lines = [line.strip() for line in message.splitlines() if line.strip()]
-    specific = [line for line in lines if not line.startswith(boilerplate)]
-    return " ".join(specific) if specific else (lines[0] if lines else "no reason given")
 
 
 def written_by(ref: CheckpointRef) -> str | None:
     """The job identity recorded in `ref`'s manifest; None for a hand run or a checkpoint from before identities."""
     job_id = ref.manifest.get(JOB_ID_KEY)
     return job_id if isinstance(job_id, str) else None
-
-
-def _parse_file_entry(entry: Any) -> dict[str, Any]:
-    if not isinstance(entry, dict):
-        raise TypeError(f"expected a mapping, got {type(entry).__name__}")
-    file, size, digest = entry["file"], entry["bytes"], entry["sha256"]
-    if not isinstance(file, str) or "/" in file or type(size) is not int or size < 0 or not isinstance(digest, str):
-        raise ValueError(f"bad file entry {entry!r}")
-    return {"file": file, "bytes": size, "sha256": digest}
-
-
-def _list_dir(directory: Path) -> list[Path]:
-    try:
-        return list(directory.iterdir())
-    except FileNotFoundError:
-        return []
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)

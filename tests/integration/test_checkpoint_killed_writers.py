@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from alexserve.checkpoint import files as ckpt_files
 from alexserve.checkpoint import store as ckpt
 from alexserve.checkpoint.store import CheckpointStore
 from helpers.checkpoints import assert_filled_with, assert_is_step, latest, write_checkpoint
@@ -33,7 +34,7 @@ def _writer_child(directory: str, kill_at: int | None, conn) -> None:
     before pausing, so the file is torn mid-write), the fsyncs and the renames.
     """
     events: list[str] = []
-    real_write, real_fsync, real_replace = ckpt._HashingWriter.write, os.fsync, os.replace
+    real_write, real_fsync, real_replace = ckpt_files._HashingWriter.write, os.fsync, os.replace
 
     def event(label: str, partial=None) -> None:
         if len(events) == kill_at:
@@ -59,7 +60,7 @@ def _writer_child(directory: str, kill_at: int | None, conn) -> None:
         event(f"replace {Path(src).parent.name}/{Path(src).name} -> {Path(dst).name}")
         return real_replace(src, dst)
 
-    ckpt._HashingWriter.write, os.fsync, os.replace = write, fsync, replace
+    ckpt_files._HashingWriter.write, os.fsync, os.replace = write, fsync, replace
     write_checkpoint(CheckpointStore(Path(directory), keep_last=3), 2)
     conn.send(("done", events))
 
@@ -133,7 +134,7 @@ def test_writer_killed_at_each_point_leaves_old_or_new_never_a_torn_checkpoint(t
 
 def slow_writer(directory: Path) -> None:
     """Checkpoints of two 8 MB shards, step after step, on a slow disk; prints each committed step."""
-    real_write = ckpt._HashingWriter.write
+    real_write = ckpt_files._HashingWriter.write
 
     def slow_write(self, data):  # a slow disk, 1 MB per 5 ms: the kill lands mid-file
         view = memoryview(data).cast("B")
@@ -142,7 +143,7 @@ def slow_writer(directory: Path) -> None:
             time.sleep(0.005)
         return len(view)
 
-    ckpt._HashingWriter.write = slow_write
+    ckpt_files._HashingWriter.write = slow_write
     store = ckpt.CheckpointStore(directory, keep_last=2)
     for step in range(1, 1000):
         for tower in range(2):
