@@ -17,10 +17,11 @@ crops, in a temporary folder):
 2. the same net in one process: `AlexNetGrouped` on the same job (resolved by
    `alexserve.train.recipe.resolve_job`, as the worker resolves it), data
    source, initial weights, dropout masks, optimizer, warmup and plateau
-   schedule, with every core; timed the same way (RUN_DIR/single/history.jsonl).
+   schedule, with every core; timed the same way (RUN_DIR/single/history.jsonl;
+   bench/grouped_run.py).
 3. scikit-learn's RBF SVC with standard scaling, default hyperparameters, on
    the same split: on the 8x8 originals (16 ink levels), and on the 64-pixel
-   grey centre crops of the prepared images that the nets see.
+   grey centre crops of the prepared images that the nets see (bench/svm_baseline.py).
 
 Prints the table and the ratios pair/single of time to target, of training and
 validation time, and of wall time; --out (default RUN_DIR/learning.json) keeps
@@ -35,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import shutil
@@ -48,10 +48,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from alexserve.config import JobConfig, load_config, paper_scale_size
+from alexserve.bench.grouped_run import train_grouped
+from alexserve.bench.svm_baseline import SvmFigures, svm_on_originals, svm_on_prepared
+from alexserve.config import load_config, paper_scale_size
 from alexserve.train.history import EpochRecord, History, read_history
 
 VAL_FRACTION = 0.2  # alexserve digits' defaults: the split every tool on the digits shares
@@ -74,15 +75,6 @@ class TrainerFigures:
     train_eval_seconds: float  # sum of epoch_seconds over every epoch
     wall_seconds: float  # start to end, start-up and checkpoints included
     errors_per_epoch: list[float] = field(default_factory=list)
-
-
-@dataclass
-class SvmFigures:
-    name: str
-    features: str
-    top1_error: float
-    fit_seconds: float
-    predict_seconds: float
 
 
 def time_to_target(records: list[EpochRecord], target: float) -> tuple[int, float] | None:
@@ -215,141 +207,6 @@ def run_single(settings: list[str], run_dir: Path, target: float, threads: int) 
     return trainer_figures("single process", records, target, wall), resolved.departures
 
 
-def train_grouped(job: JobConfig, log) -> list[EpochRecord]:
-    """One process, the grouped model, the tower loop's schedule: one EpochRecord per epoch (nothing checkpointed).
-
-    Mirrors TowerTrainer.train_epoch / finish_epoch: the same data source
-    (dp_rank 0 of 1, as a single pair), dropout seeds, learning rate per step
-    (warmup, then the plateau schedule), evaluation modes and stopping rule.
-    """
-    from alexserve.data.factory import build_eval_source, build_train_source
-    from alexserve.model import AlexNetGrouped
-    from alexserve.model.dropout import dropout_seed
-    from alexserve.train.divergence import near_chance
-    from alexserve.train.evaluation import evaluate
-    from alexserve.train.optimizer import PaperSGD
-    from alexserve.train.schedule import PlateauSchedule, warmup_steps
-    from alexserve.train.step import grouped_train_step
-
-    cfg = job.train
-    device = torch.device("cpu")
-    model = AlexNetGrouped.from_seed(job.model, cfg.seed).to(dtype=getattr(torch, cfg.dtype))
-    optimizer = PaperSGD.from_config(model.parameters(), job.optim)
-    schedule = PlateauSchedule(job.optim, job.lr_epoch_budget)
-    optimizer.set_lr(schedule.lr)
-    train_source = build_train_source(job, device=device)
-    eval_source = build_eval_source(job, device=device)
-    ramp_steps = warmup_steps(job.warmup_epochs_used, train_source.steps_per_epoch)
-    records: list[EpochRecord] = []
-    global_step = 0
-    try:
-        for epoch in range(cfg.num_epochs):
-            started = time.perf_counter()
-            model.train()
-            loss_sum = errors = images_seen = 0
-            for images, labels in train_source.batches(epoch, 0):
-                optimizer.set_lr(schedule.lr_at_step(global_step, ramp_steps))
-                result = grouped_train_step(model, optimizer, images, labels, dropout_seed(cfg.seed, 0, global_step))
-                global_step += 1
-                if not math.isfinite(result.loss):
-                    raise SystemExit(
-                        f"single process: the loss is {result.loss} at step {global_step}; the run diverged"
-                    )
-                loss_sum += result.loss * result.images
-                errors += result.top1_errors
-                images_seen += result.images
-                if cfg.max_steps is not None and global_step >= cfg.max_steps:
-                    break
-            ten_crop = (epoch + 1) % cfg.ten_crop_every_epochs == 0 or epoch + 1 == cfg.num_epochs
-            model.eval()
-            logits_of = lambda batch: model(batch, None)  # noqa: E731
-            modes = ("center", "ten_crop") if ten_crop else ("center",)
-            results = {
-                mode: evaluate(logits_of, eval_source, mode, mirrors=job.data.test_time_mirrors) for mode in modes
-            }
-            lr_used = optimizer.param_groups[0]["lr"]  # the last step's, as the loop records it
-            optimizer.set_lr(schedule.step(results["center"].top1_error))
-            ten = results.get("ten_crop")
-            records.append(
-                EpochRecord(
-                    epoch=epoch + 1,
-                    step=global_step,
-                    train_loss=loss_sum / max(images_seen, 1),
-                    train_top1_error=errors / max(images_seen, 1),
-                    val_top1_error=results["center"].top1_error,
-                    val_top5_error=results["center"].top5_error,
-                    val_top1_error_10crop=ten.top1_error if ten else None,
-                    val_top5_error_10crop=ten.top5_error if ten else None,
-                    lr=lr_used,
-                    epoch_seconds=time.perf_counter() - started,
-                    near_chance=near_chance(results["center"].top1_error, job.model.classes),
-                )
-            )
-            log(f"epoch {epoch + 1} done: val centre top-1 err {results['center'].top1_error:.3f}, lr {lr_used:g}")
-            if schedule.should_stop or (cfg.max_steps is not None and global_step >= cfg.max_steps):
-                break
-    finally:
-        train_source.close()
-        eval_source.close()
-    return records
-
-
-# ---- 3. a classical baseline
-
-
-def svm_error(
-    train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y: np.ndarray
-) -> tuple[float, float, float]:
-    """(top-1 error, fit seconds, predict seconds) of StandardScaler + RBF SVC with scikit-learn's defaults."""
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-    from sklearn.svm import SVC
-
-    classifier = make_pipeline(StandardScaler(), SVC(kernel="rbf"))
-    began = time.perf_counter()
-    classifier.fit(train_x, train_y)
-    fitted = time.perf_counter()
-    predicted = classifier.predict(val_x)
-    done = time.perf_counter()
-    return float(np.mean(predicted != val_y)), fitted - began, done - fitted
-
-
-def svm_on_originals() -> SvmFigures:
-    """The 8x8 scans as scikit-learn ships them (64 ink values 0..16), on the split `alexserve digits` writes."""
-    from alexserve.data.digits import load_digits_arrays, stratified_split
-
-    images, labels = load_digits_arrays()
-    is_val = stratified_split(labels, VAL_FRACTION, SPLIT_SEED)
-    pixels = images.reshape(len(images), -1)
-    error, fit, predict = svm_error(pixels[~is_val], labels[~is_val], pixels[is_val], labels[is_val])
-    return SvmFigures("SVM (RBF)", "8x8 originals", error, fit, predict)
-
-
-def svm_on_prepared(prepared: Path, input_size: int) -> SvmFigures:
-    """The images the nets see: the prepared JPEGs' grey centre crop of `input_size` pixels."""
-    from PIL import Image
-
-    from alexserve.data.prepared_tree import CLASSES_FILE, list_prepared_split, read_class_index
-
-    classes = read_class_index(prepared / CLASSES_FILE)
-
-    def load(split: str) -> tuple[np.ndarray, np.ndarray]:
-        files = list_prepared_split(prepared / split, classes)
-        crops = []
-        for labelled in files:
-            with Image.open(labelled.path) as img:
-                side = img.size[0]
-                left = (side - input_size) // 2
-                crop = img.convert("L").crop((left, left, left + input_size, left + input_size))
-                crops.append(np.asarray(crop, np.float32).ravel())
-        return np.stack(crops), np.array([f.label for f in files])
-
-    train_x, train_y = load("train")
-    val_x, val_y = load("val")
-    error, fit, predict = svm_error(train_x, train_y, val_x, val_y)
-    return SvmFigures("SVM (RBF)", f"prepared {input_size}-px grey centre crops", error, fit, predict)
-
-
 # ---- the report
 
 
@@ -445,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         prepared = make_digits(Path(tmp), args.input_size, workers=cores)
         num_train = sum(1 for _ in (prepared / "train").rglob("*.JPEG"))
         num_val = sum(1 for _ in (prepared / "val").rglob("*.JPEG"))
-        svms = [svm_on_originals(), svm_on_prepared(prepared, args.input_size)]
+        svms = [svm_on_originals(VAL_FRACTION, SPLIT_SEED), svm_on_prepared(prepared, args.input_size)]
         pair = run_pair(user_settings(args, prepared, args.run_dir / "pair"), args.run_dir / "pair", args.target)
         single_dir = args.run_dir / "single"
         single, departures = run_single(

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from alexserve.bench import learning
+from alexserve.bench import grouped_run, learning, svm_baseline
 from alexserve.config import demo_config, load_config
 from alexserve.train.history import EpochRecord, History, read_history
 
@@ -74,7 +74,7 @@ def test_the_pair_gets_only_user_level_settings(tmp_path: Path):
 
 def test_svm_on_the_8x8_originals():
     pytest.importorskip("sklearn")
-    svm = learning.svm_on_originals()
+    svm = svm_baseline.svm_on_originals(learning.VAL_FRACTION, learning.SPLIT_SEED)
     assert svm.features == "8x8 originals"
     assert svm.top1_error < 0.05, "an RBF SVM classifies the digits to about 1-2% error"
     assert svm.fit_seconds > 0 and svm.predict_seconds > 0
@@ -99,7 +99,7 @@ def test_single_process_loop_warms_up_and_records_every_epoch():
         )
     ).job
     lines = []
-    records = learning.train_grouped(job, log=lines.append)
+    records = grouped_run.train_grouped(job, log=lines.append)
     assert [r.epoch for r in records] == [1, 2] and [r.step for r in records] == [3, 6]
     assert len(lines) == 2
     assert all(math.isfinite(r.train_loss) and 0.0 <= r.val_top1_error <= 1.0 for r in records)
