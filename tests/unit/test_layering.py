@@ -125,3 +125,13 @@ def test_a_fresh_interpreter_loads_no_torch_for(modules):
     script += "assert not loaded, f'torch was loaded: {loaded[:5]}'\n"
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+MAX_MODULE_LINES = 400  # small modules with one job each (STYLE.md); a module past it is a second job to split off
+
+
+def test_no_module_of_the_package_is_over_400_lines():
+    lengths = {path: len(path.read_text().splitlines()) for path in sorted(PACKAGE.rglob("*.py"))}
+    assert len(lengths) > 50  # the scan saw the package, not an empty folder
+    too_long = {str(path.relative_to(PACKAGE.parent)): n for path, n in lengths.items() if n > MAX_MODULE_LINES}
+    assert not too_long, f"over {MAX_MODULE_LINES} lines: {too_long}"
