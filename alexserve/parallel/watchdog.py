@@ -39,16 +39,23 @@ MAX_BEAT_SECONDS = 5.0
 
 
 class LastPoint:
-    """Where this rank last met its peer: set by the exchange before every transfer (two attribute writes)."""
+    """Where this rank last met its peer: set by the exchange before every transfer, and by the collectives
+    between steps (the command boundary, the preemption barrier) before they start: a few attribute writes."""
 
     def __init__(self) -> None:
         self.point: str | None = None
         self.direction: str | None = None
+        self.meeting: str | None = None  # a collective entered since the last exchange, e.g. a command boundary
 
     def set(self, point: str, direction: str) -> None:
-        self.point, self.direction = point, direction
+        self.point, self.direction, self.meeting = point, direction, None
+
+    def set_meeting(self, what: str) -> None:
+        self.meeting = what
 
     def describe(self) -> str:
+        if self.meeting is not None:
+            return f"at {self.meeting}"
         if self.point is None:
             return "before the first exchange"
         return f"at exchange point '{self.point}' ({self.direction})"

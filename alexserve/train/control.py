@@ -28,6 +28,7 @@ import torch.distributed as dist
 from alexserve.contract.telemetry import CommandSource, NoCommands
 from alexserve.contract.worker_messages import COMMAND_KINDS
 from alexserve.parallel.exchange import peers_required
+from alexserve.parallel.watchdog import LastPoint
 from alexserve.train.preemption import PreemptionFlag
 
 PAUSE_POLL_SECONDS = 0.2
@@ -61,8 +62,12 @@ class CommandSync:
         backend: str = "gloo",
         timeout_seconds: float = 1800.0,
         preemption: PreemptionFlag | None = None,
+        where: LastPoint | None = None,
     ):
         self.source, self.is_primary, self.every_steps = source, is_primary, every_steps
+        # The peer watchdog's record: a peer lost while this rank waits in one of these collectives is reported
+        # there, not at the last exchange point.
+        self.where = where if where is not None else LastPoint()
         self.preemption = preemption
         self.preempted = False  # every rank's view, once shared: some rank was asked to stop
         # Every rank is given the same kind of source (the supervisor started them all, or none) and the same
@@ -73,12 +78,14 @@ class CommandSync:
             self.group = dist.new_group(backend="gloo", timeout=timedelta(seconds=timeout_seconds))
         self.buffer = torch.zeros(2, dtype=torch.int64)  # on the CPU: reading it is no device sync
 
-    def _poll(self) -> Action:
+    def _poll(self, meeting: str) -> Action:
         command = self.source.poll_command() if self.is_primary else None
         # Only rank 0 polls, every other rank offers NONE (0): the max is rank 0's command.
         self.buffer[0] = _BY_KIND[command.kind] if command is not None else Action.NONE
         self.buffer[1] = int(self.preemption is not None and self.preemption.requested)
-        with peers_required(dist.get_rank(), "the sharing of supervisor commands and preemption"):
+        self.where.set_meeting(meeting)
+        # gloo's error, if it comes before the heartbeat's verdict, names the same place.
+        with peers_required(dist.get_rank(), f"{meeting} (sharing supervisor commands and preemption)"):
             dist.all_reduce(self.buffer, op=dist.ReduceOp.MAX, group=self.group)
         self.preempted = self.preempted or bool(self.buffer[1].item())
         return Action(int(self.buffer[0].item()))
@@ -87,13 +94,13 @@ class CommandSync:
         """The command every rank acts on before step `global_step` (NONE when unsupervised, or between polls)."""
         if not self.shared or global_step % self.every_steps:
             return Action.NONE
-        return self._poll()
+        return self._poll(f"the command boundary before step {global_step}")
 
     def wait_while_paused(self) -> Action:
         """Blocks all ranks until resume or stop (or preemption: STOP) arrives; returns which."""
         while True:
             time.sleep(PAUSE_POLL_SECONDS)
-            action = self._poll()
+            action = self._poll("the command boundary of a pause")
             if self.preempted:
                 return Action.STOP
             if action in (Action.RESUME, Action.STOP):
@@ -101,5 +108,6 @@ class CommandSync:
 
     def meet(self, why: str) -> None:
         """Every rank waits here for every other (after a preemption checkpoint: rank 0 commits it last)."""
+        self.where.set_meeting(why)
         with peers_required(dist.get_rank(), why):
             dist.barrier(group=self.group)

@@ -118,6 +118,7 @@ class TowerTrainer:
             backend=topology.backend,
             timeout_seconds=job.dist.collective_timeout_seconds,
             preemption=io.preemption,
+            where=self.exchange.where,
         )
         self.position = position or Position()
         self.last_eval: dict[str, EvalResult] = {}

@@ -166,3 +166,28 @@ def test_every_command_kind_of_the_contract_is_one_action_with_the_same_name():
     for kind in COMMAND_KINDS:
         command = parse_command(f'{{"kind": "{kind}", "job_id": "j1"}}'.encode())
         assert _BY_KIND[command.kind].name == kind.upper()
+
+
+def test_a_peer_lost_in_a_command_boundary_is_reported_at_that_boundary(tmp_path, monkeypatch):
+    """The watchdog's record names the boundary (and its step) once this rank enters it, and an exchange after it
+    names the exchange again: the survivor's message says where it really waited."""
+    import torch.distributed as dist
+
+    from alexserve.parallel.watchdog import LastPoint
+    from alexserve.train.control import CommandSync
+    from alexserve.train.preemption import PreemptionFlag
+
+    where = LastPoint()
+    where.set("fc8", "backward")
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        sync = CommandSync(True, every_steps=2, preemption=PreemptionFlag(["SIGUSR1"]), where=where)
+        assert sync.next_action(3) == Action.NONE  # between boundaries: nothing met, the record stays
+        assert where.describe() == "at exchange point 'fc8' (backward)"
+        assert sync.next_action(4) == Action.NONE
+        assert where.describe() == "at the command boundary before step 4"
+        where.set("conv3", "forward")
+        assert where.describe() == "at exchange point 'conv3' (forward)"
+    finally:
+        dist.destroy_process_group()
