@@ -11,6 +11,10 @@ Takes torchrun's arguments unchanged, with two differences:
   diverged, 75 preempted), where torchrun exits 1 for all of them.
 Restarts belong to the scheduler (Slurm's requeue, Kubernetes' restart policy) or to `alexserve supervisor`:
 `--max-restarts` above 0 is refused, since torchrun would restart a preempted group in place.
+
+ALEXSERVE_PREEMPTED_EXIT_CODE=N makes it exit N instead of 75 when the workers were preempted, for a scheduler
+that retries only some codes: the Kubeflow Training Operator's `restartPolicy: ExitCode` recreates a pod only
+for codes 128 and above (deploy/kubernetes/ sets 203 = 128 + 75). The other codes stay as they are.
 """
 
 from __future__ import annotations
@@ -51,6 +55,24 @@ def forward_to_workers(signum: int, frame) -> None:
                 pass
 
 
+PREEMPTED_EXIT_CODE_ENV = "ALEXSERVE_PREEMPTED_EXIT_CODE"
+
+
+def preempted_exit_code(environ: dict[str, str]) -> int:
+    """The code to exit with after a preemption: 75, or ALEXSERVE_PREEMPTED_EXIT_CODE; ValueError if that is bad."""
+    text = environ.get(PREEMPTED_EXIT_CODE_ENV, "").strip()
+    if not text:
+        return int(WorkerExit.PREEMPTED)
+    taken = {int(code) for code in WorkerExit if code != WorkerExit.PREEMPTED}
+    if not text.isdigit() or not 0 < int(text) < 256 or int(text) in taken:
+        # 0 and the other workers' codes would make a preemption read as success or as a real failure.
+        raise ValueError(
+            f"{PREEMPTED_EXIT_CODE_ENV}={text!r}: must be an exit code from 1 to 255 other than "
+            f"{', '.join(map(str, sorted(taken)))} (the other workers' codes)"
+        )
+    return int(text)
+
+
 def exit_code(failure: ChildFailedError) -> int:
     """The first failed worker's exit code; 1 when it died by a signal or gave none."""
     _, first = failure.get_first_failure()
@@ -67,6 +89,11 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return int(WorkerExit.BAD_INPUT)
+    try:
+        preempted = preempted_exit_code(dict(os.environ))
+    except ValueError as bad:
+        print(f"alexserve.launch: {bad}", file=sys.stderr)
+        return int(WorkerExit.BAD_INPUT)
     handled_by_torchrun = [name.strip() for name in args.signals_to_handle.split(",")]
     args.signals_to_handle = ",".join(name for name in handled_by_torchrun if name not in PREEMPT_SIGNALS)
     for name in PREEMPT_SIGNALS:
@@ -75,7 +102,15 @@ def main(argv: list[str] | None = None) -> int:
         torchrun.run(args)
     except ChildFailedError as failure:
         print(failure.format_msg(), file=sys.stderr)
-        return exit_code(failure)
+        code = exit_code(failure)
+        if code == WorkerExit.PREEMPTED and preempted != code:
+            print(
+                f"alexserve.launch: the workers exited PREEMPTED ({code}); exiting {preempted} "
+                f"({PREEMPTED_EXIT_CODE_ENV})",
+                file=sys.stderr,
+            )
+            return preempted
+        return code
     return int(WorkerExit.OK)
 
 

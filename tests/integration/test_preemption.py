@@ -87,8 +87,8 @@ def test_a_kill_during_the_preemption_checkpoint_keeps_the_previous_one_newest(u
     assert_bit_identical(final_state(uninterrupted), final_state(tmp_path))
 
 
-def launch(run_dir: Path, *extra: str) -> subprocess.Popen:
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+def launch(run_dir: Path, *extra: str, **environ: str) -> subprocess.Popen:
+    env = dict(os.environ, OMP_NUM_THREADS="1", **environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(TESTS), env.get("PYTHONPATH", "")])
     argv = [
         *(
@@ -114,6 +114,16 @@ def test_the_launcher_forwards_sigterm_and_exits_preempted_then_resumes(uninterr
     err = again.communicate(timeout=120)[1]
     assert again.returncode == 0, err[-3000:]
     assert_bit_identical(final_state(uninterrupted), final_state(tmp_path))
+
+
+def test_the_launcher_exits_the_code_kubernetes_retries_when_asked(tmp_path):
+    # deploy/kubernetes/: the Training Operator's restartPolicy ExitCode recreates pods only for codes >= 128.
+    agent = launch(tmp_path, ALEXSERVE_PREEMPTED_EXIT_CODE="203")
+    wait_for(tmp_path / "checkpoints" / "step-000000003", [agent])
+    agent.send_signal(signal.SIGTERM)
+    err = agent.communicate(timeout=90)[1]
+    assert agent.returncode == 203, err[-3000:]
+    assert "preempted at step" in err and "exiting 203 (ALEXSERVE_PREEMPTED_EXIT_CODE)" in err
 
 
 def test_the_launcher_exits_with_the_workers_code_and_refuses_restarts(tmp_path):
