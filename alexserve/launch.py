@@ -7,6 +7,8 @@ Takes torchrun's arguments unchanged, with two differences:
   Plain torchrun handles SIGTERM itself: it signals the workers, gives them 30 s, kills them and exits 1, so a
   checkpoint that takes longer is lost; and SIGUSR1 kills plain torchrun outright. Here the workers checkpoint
   (dist.preempt_signals), exit PREEMPTED (75), and the agent returns as after any exit.
+- It sets TORCH_NCCL_ASYNC_ERROR_HANDLING=2 when it is unset (torchrun would set 1, under which torch ends a
+  rank by SIGABRT on an NCCL error, before the rank can report a lost peer: contract/nccl_errors.py).
 - It exits with the code of the worker that failed first (the root cause: 2 bad input, 3 peer lost, 4
   diverged, 75 preempted), where torchrun exits 1 for all of them.
 Restarts belong to the scheduler (Slurm's requeue, Kubernetes' restart policy) or to `alexserve supervisor`:
@@ -28,6 +30,7 @@ from torch.distributed import run as torchrun
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
 from alexserve.contract.names import PREEMPT_SIGNALS, WorkerExit
+from alexserve.contract.nccl_errors import set_default_error_handling
 
 
 def child_pids(parent: int) -> list[int]:
@@ -98,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     args.signals_to_handle = ",".join(name for name in handled_by_torchrun if name not in PREEMPT_SIGNALS)
     for name in PREEMPT_SIGNALS:
         signal.signal(getattr(signal, name), forward_to_workers)
+    set_default_error_handling()  # torchrun's agent passes it to the workers
     try:
         torchrun.run(args)
     except ChildFailedError as failure:

@@ -45,7 +45,7 @@ from alexserve.data.factory import build_eval_source, build_train_source
 from alexserve.data.prepared_tree import DatasetError
 from alexserve.data.source import EvalSource, TrainSource
 from alexserve.model import AlexNetTower
-from alexserve.parallel.data_parallel import replicate_across_pairs
+from alexserve.parallel.data_parallel import exchange_group, pair_mesh_if_several, replicate_across_pairs
 from alexserve.parallel.exchange import PeerExchange, PeerLostError
 from alexserve.parallel.process_group import process_group
 from alexserve.parallel.topology import LaunchError, Topology, topology_from_env
@@ -134,8 +134,15 @@ def run(job: JobConfig, topology: Topology, resume: bool, supervised: Supervisio
     configure_device_math(topology.device, job.train.allow_tf32)
     with process_group(topology, job.dist.timeout_seconds, job.dist.collective_timeout_seconds) as watchdog:
         tower = build_tower(job, topology)
+        # With several pairs the exchange runs on the pair's own group, apart from DDP's (data_parallel.py).
+        mesh = pair_mesh_if_several(topology, job.dist.collective_timeout_seconds)
         exchange = PeerExchange(
-            topology.rank, topology.peer, topology.tower, where=watchdog.where, channels_last=job.train.channels_last
+            topology.rank,
+            topology.peer,
+            topology.tower,
+            group=exchange_group(mesh),
+            where=watchdog.where,
+            channels_last=job.train.channels_last,
         )
         optimizer = PaperSGD.from_config(tower.parameters(), job.optim)
         schedule = PlateauSchedule(job.optim, job.lr_epoch_budget)
@@ -147,7 +154,7 @@ def run(job: JobConfig, topology: Topology, resume: bool, supervised: Supervisio
             history.rewind(position.epoch if position else 0)
             if position:
                 print(f"resumed from the checkpoint at step {position.global_step}", file=sys.stderr, flush=True)
-        model = replicate_across_pairs(tower, topology, job.dist.collective_timeout_seconds)  # after restore
+        model = replicate_across_pairs(tower, topology, job.dist.collective_timeout_seconds, mesh)  # after restore
         train_source, eval_source = build_sources(job, topology)
         try:
             learner = Learner(model, exchange, optimizer, schedule)

@@ -105,7 +105,7 @@ class GradientWaitMeter:
 
 def run_rank(args: argparse.Namespace) -> None:
     from alexserve.config import DistConfig
-    from alexserve.parallel.data_parallel import replicate_across_pairs
+    from alexserve.parallel.data_parallel import exchange_group, pair_mesh_if_several, replicate_across_pairs
     from alexserve.parallel.exchange import PeerExchange
     from alexserve.parallel.process_group import process_group
     from alexserve.parallel.topology import topology_from_env
@@ -116,8 +116,9 @@ def run_rank(args: argparse.Namespace) -> None:
     with process_group(topology, timeout_seconds=300):
         tower = AlexNetTower(model_config(args), topology.tower)
         tower.reset_parameters(0)
-        model = replicate_across_pairs(tower, topology, timeout_seconds=300)
-        exchange = PeerExchange(topology.rank, topology.peer, topology.tower)
+        mesh = pair_mesh_if_several(topology, timeout_seconds=300)
+        model = replicate_across_pairs(tower, topology, timeout_seconds=300, mesh=mesh)
+        exchange = PeerExchange(topology.rank, topology.peer, topology.tower, group=exchange_group(mesh))
         optimizer = PaperSGD(tower.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
         wait = GradientWaitMeter(tower, optimizer) if topology.num_pairs > 1 else None
         images, labels = fixed_batch(args)

@@ -17,6 +17,14 @@ always output k. The scheduling thread is `prefetch.py`'s loader thread, which s
 the CUDA device first (DALI and torch's copies then target the tower's GPU, not
 GPU 0); on a GPU, labels go from pinned host memory with `non_blocking=True` and
 images are copied on the loader's current stream, so the host never waits.
+
+On a GPU that current stream is the loader's side stream (`stream_handoff.py`), not the
+training's: DALI binds its outputs to it (`outputs(cuda_stream=side)`), the copy into
+torch memory and the labels' copy run on it, and the training stream waits for an event
+recorded after them. The copy out of DALI's buffer stays: that buffer is DALI's, freed
+in the order of the stream it is bound to, and `record_stream` (which would make it safe
+to read on another stream) covers only torch's caching allocator; the copy itself now
+overlaps the training step instead of queueing in front of it.
 """
 
 from __future__ import annotations
@@ -105,7 +113,8 @@ def _to_torch(tensor_list, device: torch.device, dtype: torch.dtype) -> torch.Te
     dense = tensor_list.as_tensor()
     if isinstance(tensor_list, TensorListGPU):
         out = torch.empty(dense.shape(), dtype=torch.float32, device=device)
-        # On the stream the outputs were made ready on (see InOrderPipeline): no host sync.
+        # On the stream the outputs were made ready on (see InOrderPipeline), the loader's side stream on a GPU:
+        # no host sync, and nothing queued on the training stream.
         feed_ndarray(dense, out, cuda_stream=torch.cuda.current_stream(device))
         return out.to(dtype)
     # np.array copies out of DALI's buffer, which a later iteration reuses.
@@ -166,6 +175,7 @@ class InOrderPipeline:
             self._pipe.build()
         pipe, finished = self._pipe, False
         self._inputs, self._metas = iter(inputs), deque()
+        # The loader thread's current stream: the side stream, as this runs under the handoff's stream context.
         stream = torch.cuda.current_stream(self._device) if self._device.type == "cuda" else None
         try:
             pipe.schedule_run()  # the first call fills the executor's queue, prefetch_queue_depth deep
@@ -204,7 +214,7 @@ class DaliTrainSource(TrainSource):
         self._scale = plan.stats.scale_size
         self._device, self._dtype = device, dtype
         self.steps_per_epoch = plan.steps_per_epoch
-        self._prefetch = PrefetchSlot(prefetch_batches)
+        self._prefetch = PrefetchSlot(prefetch_batches, device)
         gpu = device.type == "cuda"
         kwargs = _pipeline_kwargs(plan.batch_size, num_threads, device, plan.seed, prefetch_batches)
 
@@ -274,7 +284,7 @@ class DaliEvalSource(EvalSource):
         self._threads, self._device, self._dtype = num_threads, device, dtype
         self.num_images = len(files)
         self._pipes: dict[str, InOrderPipeline] = {}
-        self._prefetch = PrefetchSlot(prefetch_batches)
+        self._prefetch = PrefetchSlot(prefetch_batches, device)
         self._queue_depth = prefetch_batches
 
     @property

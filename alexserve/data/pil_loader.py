@@ -103,7 +103,7 @@ class PilTrainSource(TrainSource):
         self._workers, self._device, self._dtype = num_workers, device, dtype
         self._dataset = _TrainSamples(plan.stats.mean_image, input_size)
         self.steps_per_epoch = plan.steps_per_epoch
-        self._prefetch = PrefetchSlot(prefetch_batches)
+        self._prefetch = PrefetchSlot(prefetch_batches, device)
 
     @property
     def wait_seconds_total(self) -> float:
@@ -148,7 +148,7 @@ class PilEvalSource(EvalSource):
         self._files, self._stats, self._size, self._batch = files, stats, input_size, batch_size
         self._workers, self._device, self._dtype = num_workers, device, dtype
         self.num_images = len(files)
-        self._prefetch = PrefetchSlot(prefetch_batches)
+        self._prefetch = PrefetchSlot(prefetch_batches, device)
 
     @property
     def wait_seconds_total(self) -> float:

@@ -4,7 +4,9 @@ This is the paper's "augmentation is computationally free": the next batches are
 decoded and augmented while the current one trains. DALI's operators and PIL's
 decoder release the GIL, so a thread overlaps them with the training step. A producer
 that needs per-thread state (the CUDA device) sets it in its own body: it runs on
-this thread from start to cleanup.
+this thread from start to cleanup. On a CUDA device the batches are made on a side
+stream and handed to the consumer's stream with an event (`stream_handoff.py`), so the
+training stream never queues behind the loader's copies.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from alexserve.data.stream_handoff import StreamHandoff, handoff_for
+
 _DONE = object()
 
 
@@ -23,12 +27,17 @@ class _Failure:
         self.error = error
 
 
-def prefetch(items: Iterable[Any], depth: int, on_wait: Callable[[float], None]) -> Iterator[Any]:
+def prefetch(
+    items: Iterable[Any], depth: int, on_wait: Callable[[float], None], handoff: StreamHandoff | None = None
+) -> Iterator[Any]:
     """Yield `items` (produced on a thread, up to `depth` ahead); `on_wait(seconds)` after every blocking get.
 
     Closing the returned generator early (break, exception, garbage collection) stops the
     thread before returning, so the producer (a DALI pipeline, say) can be reused at once.
+    With a `handoff` the items are made on its side stream and each is received on the consumer's stream.
     """
+    if handoff is not None:
+        items = handoff.produced(items)  # iterated, and closed, on the thread below
     q: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
@@ -67,7 +76,7 @@ def prefetch(items: Iterable[Any], depth: int, on_wait: Callable[[float], None])
                 return
             if isinstance(item, _Failure):
                 raise item.error
-            yield item
+            yield item if handoff is None else handoff.received(item)
     finally:
         stop.set()
         while thread.is_alive():
@@ -81,11 +90,13 @@ class PrefetchSlot:
     """A source's one in-flight prefetching iterator, and the seconds its consumer has waited.
 
     Starting a new iteration ends the previous one's thread first: a source serves
-    one epoch (or one evaluation pass) at a time.
+    one epoch (or one evaluation pass) at a time. `device` is where the batches land:
+    a CUDA device gets a side stream (`stream_handoff.py`), the CPU none.
     """
 
-    def __init__(self, depth: int):
+    def __init__(self, depth: int, device=None):
         self.depth = depth
+        self._handoff = handoff_for(device)
         self.wait_seconds_total = 0.0
         self._active: Iterator[Any] | None = None
 
@@ -94,7 +105,7 @@ class PrefetchSlot:
 
     def start(self, items: Iterable[Any]) -> Iterator[Any]:
         self.stop()
-        self._active = prefetch(items, self.depth, self._add_wait)
+        self._active = prefetch(items, self.depth, self._add_wait, self._handoff)
         return self._active
 
     def stop(self) -> None:

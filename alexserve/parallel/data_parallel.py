@@ -11,12 +11,17 @@ is a mean).
 "dp" group: DDP all-reduces gradient buckets as they fill during backward, so
 the averaging overlaps the rest of backward (the exchanges included), and
 `backward()` returns with every gradient averaged, before the optimizer runs.
-Its collectives run on the "dp" group while the exchanges' send/recv run on the
-default group; gloo keeps separate connections per group, so neither waits on
-the other. DDP's broadcast of the weights at construction is a no-op in effect:
-every pair builds (or restores) the same weights.
+DDP's all-reduces run on the "dp" group and the exchanges' send/recv on the
+pair's two-rank "tower" group (`exchange_group`), so the two never share a
+communicator: they run at the same time during backward, and NCCL is reported
+to hang when collectives and point-to-point calls are issued concurrently on
+one communicator (NVIDIA/nccl#1192). The peers passed to send/recv stay global
+ranks (torch.distributed's `dst`/`src`/`peer` are global whatever the group).
+DDP's broadcast of the weights at construction is a no-op in effect: every pair
+builds (or restores) the same weights.
 
-With one pair there is nothing to average and the tower is used as it is.
+With one pair there is nothing to average, no mesh is built, the tower is used
+as it is, and the exchange runs on the default group, which is then the pair.
 """
 
 from __future__ import annotations
@@ -59,14 +64,27 @@ def _group_options(backend: str, timeout: timedelta):
     return dist.ProcessGroupGloo.Options(backend, timeout)
 
 
-def replicate_across_pairs(tower: torch.nn.Module, topology: Topology, timeout_seconds: float) -> torch.nn.Module:
+def pair_mesh_if_several(topology: Topology, timeout_seconds: float) -> DeviceMesh | None:
+    """The mesh with several pairs, None with one. Collective with several pairs: every rank calls it."""
+    return None if topology.num_pairs == 1 else pair_mesh(topology, timeout_seconds)
+
+
+def exchange_group(mesh: DeviceMesh | None) -> dist.ProcessGroup | None:
+    """The group the pair's exchange runs on: this pair's two ranks, or the default group (None) with one pair."""
+    return None if mesh is None else mesh["tower"].get_group()
+
+
+def replicate_across_pairs(
+    tower: torch.nn.Module, topology: Topology, timeout_seconds: float, mesh: DeviceMesh | None = None
+) -> torch.nn.Module:
     """The module to train: `tower` in DDP over its data-parallel group, or `tower` itself with one pair.
 
+    `mesh` is the one `pair_mesh_if_several` built (the exchange uses its tower group); without it one is built here.
     Collective with several pairs: every rank calls it at the same point.
     """
     if topology.num_pairs == 1:
         return tower
-    mesh = pair_mesh(topology, timeout_seconds)
+    mesh = mesh if mesh is not None else pair_mesh(topology, timeout_seconds)
     return DistributedDataParallel(tower, device_mesh=mesh["dp"])
 
 

@@ -5,6 +5,9 @@ dies, even by SIGKILL; torchrun then terminates its workers. The supervisor
 also kills the whole process tree itself on cancel and shutdown, and on start
 kills leftovers of a previous instance, so the signal is the last line of
 defence, not the only one.
+
+It also sets TORCH_NCCL_ASYNC_ERROR_HANDLING=2 for the workers where it is unset, as `alexserve.launch` does
+(contract/nccl_errors.py).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import signal
 import sys
 
 from alexserve.contract.names import ENV_SUPERVISOR_PID
+from alexserve.contract.nccl_errors import set_default_error_handling
 
 PR_SET_PDEATHSIG = 1
 
@@ -33,6 +37,7 @@ def die_with_parent(parent_pid: int) -> None:
 def main() -> None:
     parent = int(os.environ.get(ENV_SUPERVISOR_PID, os.getppid()))
     die_with_parent(parent)
+    set_default_error_handling()  # before torchrun, which would set 1
     sys.argv = ["torchrun", *sys.argv[1:]]
     runpy.run_module("torch.distributed.run", run_name="__main__", alter_sys=True)
 

@@ -6,11 +6,12 @@ import json
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 from alexserve.checkpoint.run_checkpointer import SHARD_NAMES
 from alexserve.checkpoint.store import CheckpointStore
 from alexserve.data.source import EvalSource, eval_shard_indices
-from alexserve.parallel.data_parallel import replicate_across_pairs
+from alexserve.parallel.data_parallel import exchange_group, pair_mesh_if_several, replicate_across_pairs
 from alexserve.parallel.topology import Topology
 from alexserve.train.evaluation import evaluate, sum_over_pairs
 from alexserve.train.optimizer import PaperSGD
@@ -21,20 +22,36 @@ from helpers.worker_jobs import CHECKPOINTED_JOB
 
 
 def rank_data_parallel_step(topology: Topology, out: Path) -> None:
-    """One SGD step; pair p trains on its slice of the parity batch; every rank saves its tower's weights."""
+    """One SGD step; pair p trains on its slice of the parity batch; every rank saves its tower's weights.
+
+    The groups are built as the worker builds them: the mesh (several pairs only), the exchange on its tower group,
+    DDP on its dp group. Each rank records the exchange group's global ranks (None: the default group).
+    """
     tower, exchange = parity_tower(topology)
-    model = replicate_across_pairs(tower, topology, GROUP_TIMEOUT_SECONDS)  # DDP over the pairs, or the tower alone
+    mesh = pair_mesh_if_several(topology, GROUP_TIMEOUT_SECONDS)
+    exchange.group = exchange_group(mesh)
+    model = replicate_across_pairs(tower, topology, GROUP_TIMEOUT_SECONDS, mesh)  # DDP over the pairs, or the tower
     optimizer = PaperSGD(tower.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     images, labels = make_batch(8)
     per_pair = len(labels) // topology.num_pairs
     mine = slice(topology.pair * per_pair, (topology.pair + 1) * per_pair)
     tower_train_step(model, exchange, optimizer, images[mine], labels[mine], None)
     torch.save({"weights": tower.state_dict()}, out / f"rank{topology.rank}.pt")
+    group = exchange.group
+    ranks = None if group is None else sorted(dist.get_process_group_ranks(group))
+    (out / f"group{topology.rank}.json").write_text(json.dumps({"ranks": ranks, "size": dist.get_world_size(group)}))
 
 
 def test_two_pairs_step_equals_one_pair_on_the_concatenated_batch(tmp_path):
     run_ranks(rank_data_parallel_step, tmp_path / "one", world_size=2)
     run_ranks(rank_data_parallel_step, tmp_path / "two", world_size=4, timeout=180)
+    # Issue 24, item 8: with two pairs each exchange runs on its pair's two-rank group, not beside DDP's all-reduce
+    # on the world's communicator; with one pair on the default group, which is the pair.
+    for rank in range(4):
+        group = json.loads((tmp_path / "two" / f"group{rank}.json").read_text())
+        assert group == {"ranks": sorted([rank, rank ^ 1]), "size": 2}, f"rank {rank}'s exchange group: {group}"
+    for rank in range(2):
+        assert json.loads((tmp_path / "one" / f"group{rank}.json").read_text()) == {"ranks": None, "size": 2}
     for rank in (0, 1):
         one = torch.load(tmp_path / "one" / f"rank{rank}.pt", weights_only=True)["weights"]
         for source in (rank, rank + 2):  # both pairs hold the same tower weights afterwards
