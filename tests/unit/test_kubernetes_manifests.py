@@ -61,9 +61,8 @@ def closed(schema):
 
 def load_registry() -> tuple[referencing.Registry, dict]:
     folder = VENDOR / "kubernetes"
-    resources = [(K8S + "_definitions.json", json.loads((folder / "_definitions.json").read_text()))]
-    resources += [(K8S + name, json.loads((folder / name).read_text())) for name in [*CORE.values()]]
-    resources.append((K8S + "podtemplatespec-v1.json", json.loads((folder / "podtemplatespec-v1.json").read_text())))
+    names = ["_definitions.json", *CORE.values(), "podtemplatespec-v1.json"]
+    resources = [(K8S + name, json.loads((folder / name).read_text())) for name in names]
     crd = closed(yaml.safe_load((VENDOR / "kubeflow" / "pytorchjob-v1-openapi.yaml").read_text()))
     resources.append((crd["$id"], crd))
     registry = referencing.Registry().with_resources(
@@ -98,7 +97,7 @@ def pytorchjobs() -> list[dict]:
 
 
 def schema_errors(obj: dict) -> list[str]:
-    found = [error for error in VALIDATORS[obj["kind"]].iter_errors(obj)]
+    found = list(VALIDATORS[obj["kind"]].iter_errors(obj))
     found += OBJECT_META.iter_errors(obj["metadata"])
     if obj["kind"] == "PyTorchJob":
         for spec in obj["spec"].get("pytorchReplicaSpecs", {}).values():
@@ -124,10 +123,15 @@ def webhook_problems(job: dict) -> list[str]:
     return problems
 
 
+def pod_count(job: dict) -> int:
+    """The job's pods, one per node: the Master and every Worker replica."""
+    return sum(spec.get("replicas", 1) for spec in job["spec"]["pytorchReplicaSpecs"].values())
+
+
 def operator_env(job: dict, role: str, index: int) -> dict[str, str]:
     """What the operator adds to pod `role`-`index` (pkg/controller.v1/pytorch/envvar.go and master.go, v1.9)."""
     replicas = job["spec"]["pytorchReplicaSpecs"]
-    nodes = sum(spec.get("replicas", 1) for spec in replicas.values())
+    nodes = pod_count(job)
     port = next(
         port["containerPort"]
         for container in replicas["Master"]["template"]["spec"]["containers"]
@@ -163,7 +167,7 @@ def job_config() -> tuple[JobConfig, str]:
 def policy_problems(job: dict, monkeypatch) -> list[str]:
     problems = []
     replicas = job["spec"]["pytorchReplicaSpecs"]
-    nodes = sum(spec.get("replicas", 1) for spec in replicas.values())
+    nodes = pod_count(job)
     config, config_key = job_config()
     if job["spec"].get("nprocPerNode") != "2":
         problems.append("spec.nprocPerNode must be '2' (the operator's WORLD_SIZE and PET_NPROC_PER_NODE)")
@@ -184,8 +188,6 @@ def policy_problems(job: dict, monkeypatch) -> list[str]:
         code = preempted_exit_code(env)
         if not retryable(code):
             problems.append(f"{where}: a preempted pod exits {code}, which restartPolicy ExitCode does not retry")
-        permanent = [WorkerExit.FAILED, WorkerExit.BAD_INPUT, WorkerExit.PEER_LOST, WorkerExit.DIVERGED]
-        assert not any(retryable(int(c)) for c in permanent)  # what the launcher passes through unchanged
         volumes = {volume["name"]: volume for volume in pod["spec"].get("volumes", [])}
         mounts = {mount["mountPath"]: volumes.get(mount["name"], {}) for mount in container.get("volumeMounts", [])}
         shm = mounts.get(SHM, {}).get("emptyDir", {})
@@ -239,9 +241,7 @@ def policy_problems(job: dict, monkeypatch) -> list[str]:
 
 def test_there_is_a_one_node_and_an_n_node_job_and_their_volumes():
     jobs = {job["metadata"]["name"]: job for job in pytorchjobs()}
-    counts = sorted(
-        sum(s.get("replicas", 1) for s in job["spec"]["pytorchReplicaSpecs"].values()) for job in jobs.values()
-    )
+    counts = sorted(pod_count(job) for job in jobs.values())
     assert counts == [1, 2], counts
     kinds = sorted(doc["kind"] for doc in all_objects())
     assert kinds == ["ConfigMap", "PersistentVolumeClaim", "PersistentVolumeClaim", "PyTorchJob", "PyTorchJob"]
@@ -259,6 +259,11 @@ def test_every_object_validates_against_the_schemas(obj):
 @pytest.mark.parametrize("job", pytorchjobs(), ids=lambda o: o["metadata"]["name"])
 def test_every_job_follows_the_policy(job, monkeypatch):
     assert policy_problems(job, monkeypatch) == []
+
+
+def test_the_codes_the_launcher_passes_through_unchanged_fail_the_job():
+    permanent = [WorkerExit.FAILED, WorkerExit.BAD_INPUT, WorkerExit.PEER_LOST, WorkerExit.DIVERGED]
+    assert not any(retryable(int(code)) for code in permanent)
 
 
 def test_the_job_config_is_a_valid_alexserve_config():
